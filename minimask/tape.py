@@ -1,0 +1,247 @@
+"""A small tape (reverse-mode autograd) that chains hand-written forward/backward pairs.
+
+The contract every op follows:
+    forward(*inputs, **settings)  -> (out, cache)      plain arrays in, plain array out
+    backward(dout, cache)         -> grads             one gradient per positional input
+`backward` returns a tuple with one entry per positional input of `forward` (None where there is
+no gradient, e.g. integer targets); trailing entries may be left out, and a bare array means
+"the gradient of the first input". Keyword arguments are settings (stride, beta, ...) and never
+get gradients.
+
+`op(forward, backward)` turns such a pair into a function that accepts `Tensor`s: it unwraps them,
+runs `forward`, and (unless inside `no_grad()`) records a `Node` so that `Tensor.backward()` can
+later call `backward` in reverse topological order. Gradients *accumulate* (`+=`): a feature map
+read by two heads receives the sum of both gradients.
+
+Shapes:  whatever the op says; a Tensor is only a box around one array
+Chapter: nbs/00_arrays_and_autograd.ipynb
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+
+from .backend import get_array_module
+
+_grad_enabled = True
+
+
+def is_grad_enabled() -> bool:
+    return _grad_enabled
+
+
+@contextlib.contextmanager
+def no_grad():
+    """Inside this block ops record nothing: no caches are kept, outputs need no gradient."""
+    global _grad_enabled
+    previous, _grad_enabled = _grad_enabled, False
+    try:
+        yield
+    finally:
+        _grad_enabled = previous
+
+
+class Node:
+    """One recorded op: its backward, the cache from its forward, and its Tensor inputs."""
+
+    __slots__ = ("name", "backward_fn", "cache", "inputs")
+
+    def __init__(self, name, backward_fn, cache, inputs):
+        self.name = name
+        self.backward_fn = backward_fn
+        self.cache = cache
+        self.inputs = inputs  # list with a Tensor (needing grad) or None per positional input
+
+
+class Tensor:
+    """An array plus what autograd needs: `.data`, `.grad`, `.requires_grad` and the op that made it.
+
+    Leaf tensors (parameters, inputs you want gradients for) accumulate into `.grad`;
+    intermediate tensors keep theirs only when `retain_grad()` was called.
+    """
+
+    __slots__ = ("data", "grad", "requires_grad", "node", "_retain", "__weakref__")
+
+    def __init__(self, data, requires_grad=False, node=None):
+        if isinstance(data, Tensor):
+            data = data.data
+        xp = get_array_module(data)
+        self.data = xp.asarray(data)  # numpy scalars become 0-d arrays; arrays pass through uncopied
+        self.grad = None
+        self.requires_grad = bool(requires_grad)
+        self.node = node
+        self._retain = False
+
+    # --- array-like conveniences -------------------------------------------------------------
+    shape = property(lambda self: self.data.shape)
+    dtype = property(lambda self: self.data.dtype)
+    ndim = property(lambda self: self.data.ndim)
+    size = property(lambda self: self.data.size)
+    is_leaf = property(lambda self: self.node is None)
+
+    def __len__(self):
+        return len(self.data)
+
+    def __repr__(self):
+        flag = ", requires_grad=True" if self.requires_grad else ""
+        return f"Tensor(shape={tuple(self.shape)}, dtype={self.dtype}{flag})"
+
+    def numpy(self):
+        from .backend import to_host
+
+        return to_host(self.data)
+
+    def item(self):
+        return float(self.data.reshape(-1)[0]) if self.size == 1 else self.data.item()
+
+    def detach(self):
+        """The same array, cut off from the tape."""
+        return Tensor(self.data)
+
+    def retain_grad(self):
+        """Keep `.grad` on this intermediate tensor after backward (for inspection in notebooks)."""
+        self._retain = True
+        return self
+
+    def zero_grad(self):
+        self.grad = None
+
+    # --- arithmetic: thin sugar over the ops in layers.py --------------------------------------
+    def __add__(self, other):
+        from .layers import add
+
+        return add(self, other)
+
+    __radd__ = __add__
+
+    def __mul__(self, other):
+        from .layers import mul
+
+        return mul(self, other)
+
+    __rmul__ = __mul__
+
+    def __sub__(self, other):
+        from .layers import add, mul
+
+        return add(self, mul(other, -1.0))
+
+    def __neg__(self):
+        from .layers import mul
+
+        return mul(self, -1.0)
+
+    def sum(self):
+        from .layers import sum_all
+
+        return sum_all(self)
+
+    # --- reverse mode -----------------------------------------------------------------------
+    def backward(self, grad=None):
+        """Backpropagate from this tensor. `grad` defaults to 1 for a scalar (size-1) tensor.
+
+        Visits nodes in reverse topological order, calls each op's backward once with the sum of
+        all gradients that reached its output, and frees the caches as it goes.
+        """
+        xp = get_array_module(self.data)
+        if grad is None:
+            if self.size != 1:
+                raise ValueError(f"backward() without a gradient needs a scalar, got shape {self.shape}")
+            grad = xp.ones_like(self.data)
+        if isinstance(grad, Tensor):
+            grad = grad.data
+        if tuple(grad.shape) != tuple(self.shape):
+            raise ValueError(f"gradient shape {tuple(grad.shape)} does not match tensor shape {self.shape}")
+        if not self.requires_grad:
+            raise RuntimeError("backward() on a tensor that does not require grad (made under no_grad?)")
+
+        order = _topological_order(self)
+        grads = {id(self): grad}
+        for t in order:  # outputs before inputs
+            g = grads.pop(id(t), None)
+            if g is None:
+                continue
+            if t.node is None or t._retain:
+                t.grad = g if t.grad is None else t.grad + g
+            if t.node is None:
+                continue
+            node = t.node
+            if node.cache is _FREED:
+                raise RuntimeError(f"backward through '{node.name}' a second time: its cache was freed")
+            in_grads = node.backward_fn(g, node.cache)
+            node.cache = _FREED
+            if not isinstance(in_grads, tuple):
+                in_grads = (in_grads,)
+            for i, inp in enumerate(node.inputs):
+                if inp is None:
+                    continue
+                gi = in_grads[i] if i < len(in_grads) else None
+                if gi is None:
+                    raise RuntimeError(
+                        f"op '{node.name}' returned no gradient for input {i}, which requires grad"
+                    )
+                if tuple(gi.shape) != tuple(inp.shape):
+                    raise RuntimeError(
+                        f"op '{node.name}' returned gradient of shape {tuple(gi.shape)} "
+                        f"for input {i} of shape {tuple(inp.shape)}"
+                    )
+                key = id(inp)
+                if key in grads:
+                    grads[key] = grads[key] + gi  # accumulate, never assign
+                else:
+                    grads[key] = gi
+
+
+_FREED = object()
+
+
+def _topological_order(root):
+    """Tensors reachable from `root` through recorded nodes, each after every tensor it feeds."""
+    order, seen = [], set()
+    stack = [(root, False)]
+    while stack:  # iterative DFS: deep nets would overflow Python's recursion limit
+        t, expanded = stack.pop()
+        if expanded:
+            order.append(t)
+            continue
+        if id(t) in seen:
+            continue
+        seen.add(id(t))
+        stack.append((t, True))
+        if t.node is not None:
+            for inp in t.node.inputs:
+                if inp is not None and id(inp) not in seen:
+                    stack.append((inp, False))
+    order.reverse()
+    return order
+
+
+def op(forward, backward, name=None):
+    """Make a tape-aware function from a forward/backward pair (see the module docstring).
+
+    Positional arguments may be Tensors or plain arrays (or None); keyword arguments are settings.
+    The returned function gives a Tensor; `fn.forward` and `fn.backward` stay reachable so that
+    tests and notebooks can call the plain pair directly.
+    """
+    op_name = name or forward.__name__.removesuffix("_forward")
+
+    @functools.wraps(forward)
+    def apply(*args, **kwargs):
+        arrays = [a.data if isinstance(a, Tensor) else a for a in args]
+        out, cache = forward(*arrays, **kwargs)
+        track = _grad_enabled and any(isinstance(a, Tensor) and a.requires_grad for a in args)
+        if not track:
+            return Tensor(out)
+        inputs = [a if isinstance(a, Tensor) and a.requires_grad else None for a in args]
+        return Tensor(out, requires_grad=True, node=Node(op_name, backward, cache, inputs))
+
+    apply.forward = forward
+    apply.backward = backward
+    apply.__name__ = op_name
+    return apply
+
+
+def as_tensor(x, requires_grad=False):
+    """Wrap an array in a Tensor (a Tensor passes through unchanged)."""
+    return x if isinstance(x, Tensor) else Tensor(x, requires_grad=requires_grad)

@@ -1,0 +1,41 @@
+"""Shared pytest setup: hypothesis profiles and the oracle (torch) switch.
+
+Profiles: "ci" (default) keeps example counts small so the default run stays well under 15 minutes
+on 2 cores; `HYPOTHESIS_PROFILE=thorough` draws many more examples for a local deep check.
+"""
+
+import os
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, settings
+
+settings.register_profile(
+    "ci", max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True
+)
+settings.register_profile("thorough", max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+
+def _torch_or_none():
+    try:
+        import torch
+
+        torch.set_num_threads(max(1, os.cpu_count() or 1))
+        return torch
+    except Exception:
+        return None
+
+
+@pytest.fixture(scope="session")
+def torch():
+    """The torch module for parity tests; skips with a stated reason when the oracle extra is absent."""
+    t = _torch_or_none()
+    if t is None:
+        pytest.skip("torch not installed: install the 'oracle' extra (pip install -e '.[oracle]') for parity tests")
+    return t
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(0)
