@@ -4,9 +4,28 @@ Read it chapter by chapter (nbs/), verify each stage (pytest), train it for real
 Public names follow torchvision, so every stage can be checked against it.
 """
 
-from . import backend, init, tape
+from . import backend, init, layers, losses, optim, tape
 from .backend import get_array_module, make_rng, scatter_add, to_host
+from .layers import (
+    Flatten,
+    FrozenBatchNorm2d,
+    GroupNorm,
+    Linear,
+    MaxPool2d,
+    ReLU,
+    concatenate,
+    frozen_batch_norm,
+    group_norm,
+    interpolate,
+    linear,
+    max_pool2d,
+    relu,
+    sigmoid,
+    softmax,
+)
+from .losses import binary_cross_entropy_with_logits, cross_entropy, smooth_l1_loss
 from .module import Module, ModuleList, Parameter, Sequential, load_state_file, save_state_dict
+from .optim import SGD, WarmupMultiStepLR, clip_grad_norm_
 from .tape import Tensor, no_grad
 
 __version__ = "0.1.0"

@@ -125,7 +125,21 @@ class Tensor:
     def __sub__(self, other):
         from .layers import add, mul
 
+        if isinstance(other, (int, float)):
+            return add(self, -other)  # a Python scalar keeps the tensor's dtype
         return add(self, mul(other, -1.0))
+
+    def __rsub__(self, other):
+        from .layers import add, mul
+
+        return add(mul(self, -1.0), other)
+
+    def __truediv__(self, other):
+        from .layers import mul
+
+        if not isinstance(other, (int, float)):
+            raise TypeError("Tensor / x is defined for Python scalars only; use layers.mul with a reciprocal")
+        return mul(self, 1.0 / other)
 
     def __neg__(self):
         from .layers import mul

@@ -188,3 +188,13 @@ def test_gradcheck_helper_accepts_correct_and_rejects_wrong_backward(m, k, n, se
 
     with pytest.raises(AssertionError):
         gradcheck(matmul_forward, wrong_backward, [a + 0.5, b + 0.5])
+
+
+def test_tensor_arithmetic_with_python_scalars_keeps_float32():
+    t = Tensor(np.ones(3, np.float32), requires_grad=True)
+    outs = [t - 1.0, 1.0 - t, t / 2, -t, t * 2.0, 2 * t + t]
+    assert [o.dtype for o in outs] == [np.float32] * len(outs)
+    np.testing.assert_array_equal(np.stack([o.data for o in outs]), [[0] * 3, [0] * 3, [0.5] * 3, [-1] * 3, [2] * 3,
+                                                                      [3] * 3])
+    (1.0 - t / 2).sum().backward()
+    np.testing.assert_array_equal(t.grad, [-0.5] * 3)
