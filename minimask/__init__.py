@@ -4,8 +4,9 @@ Read it chapter by chapter (nbs/), verify each stage (pytest), train it for real
 Public names follow torchvision, so every stage can be checked against it.
 """
 
-from . import backend, init, layers, losses, optim, tape
+from . import backend, conv, init, layers, losses, optim, tape
 from .backend import get_array_module, make_rng, scatter_add, to_host
+from .conv import Conv2d, ConvTranspose2d, conv2d, conv_transpose2d
 from .layers import (
     Flatten,
     FrozenBatchNorm2d,

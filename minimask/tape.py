@@ -8,6 +8,10 @@ no gradient, e.g. integer targets); trailing entries may be left out, and a bare
 "the gradient of the first input". Keyword arguments are settings (stride, beta, ...) and never
 get gradients.
 
+A backward may take an optional keyword `needs_input_grad` (a tuple of bools, one per positional
+input, as torch's `ctx.needs_input_grad`): the tape then tells it which gradients will be used, so it
+can skip work — the first convolution never needs the gradient of the image.
+
 `op(forward, backward)` turns such a pair into a function that accepts `Tensor`s: it unwraps them,
 runs `forward`, and (unless inside `no_grad()`) records a `Node` so that `Tensor.backward()` can
 later call `backward` in reverse topological order. Gradients *accumulate* (`+=`): a feature map
@@ -21,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import inspect
 
 from .backend import get_array_module
 
@@ -45,13 +50,14 @@ def no_grad():
 class Node:
     """One recorded op: its backward, the cache from its forward, and its Tensor inputs."""
 
-    __slots__ = ("name", "backward_fn", "cache", "inputs")
+    __slots__ = ("name", "backward_fn", "cache", "inputs", "wants_mask")
 
-    def __init__(self, name, backward_fn, cache, inputs):
+    def __init__(self, name, backward_fn, cache, inputs, wants_mask=False):
         self.name = name
         self.backward_fn = backward_fn
         self.cache = cache
         self.inputs = inputs  # list with a Tensor (needing grad) or None per positional input
+        self.wants_mask = wants_mask  # backward accepts needs_input_grad=
 
 
 class Tensor:
@@ -183,7 +189,11 @@ class Tensor:
             node = t.node
             if node.cache is _FREED:
                 raise RuntimeError(f"backward through '{node.name}' a second time: its cache was freed")
-            in_grads = node.backward_fn(g, node.cache)
+            if node.wants_mask:
+                mask = tuple(inp is not None for inp in node.inputs)
+                in_grads = node.backward_fn(g, node.cache, needs_input_grad=mask)
+            else:
+                in_grads = node.backward_fn(g, node.cache)
             node.cache = _FREED
             if not isinstance(in_grads, tuple):
                 in_grads = (in_grads,)
@@ -239,6 +249,10 @@ def op(forward, backward, name=None):
     tests and notebooks can call the plain pair directly.
     """
     op_name = name or forward.__name__.removesuffix("_forward")
+    try:
+        wants_mask = "needs_input_grad" in inspect.signature(backward).parameters
+    except (TypeError, ValueError):  # builtins without a signature
+        wants_mask = False
 
     @functools.wraps(forward)
     def apply(*args, **kwargs):
@@ -248,7 +262,7 @@ def op(forward, backward, name=None):
         if not track:
             return Tensor(out)
         inputs = [a if isinstance(a, Tensor) and a.requires_grad else None for a in args]
-        return Tensor(out, requires_grad=True, node=Node(op_name, backward, cache, inputs))
+        return Tensor(out, requires_grad=True, node=Node(op_name, backward, cache, inputs, wants_mask))
 
     apply.forward = forward
     apply.backward = backward

@@ -198,3 +198,38 @@ def test_tensor_arithmetic_with_python_scalars_keeps_float32():
                                                                       [3] * 3])
     (1.0 - t / 2).sum().backward()
     np.testing.assert_array_equal(t.grad, [-0.5] * 3)
+
+
+def test_backward_is_told_which_input_gradients_are_needed():
+    seen = []
+
+    def fwd(a, b):
+        return a * b, (a, b)
+
+    def bwd(dout, cache, needs_input_grad=(True, True)):
+        seen.append(needs_input_grad)
+        a, b = cache
+        return (dout * b if needs_input_grad[0] else None), (dout * a if needs_input_grad[1] else None)
+
+    prod = tape.op(fwd, bwd)
+    x = Tensor(np.ones(2))                      # like an image: no gradient wanted
+    w = Tensor(np.full(2, 3.0), requires_grad=True)
+    total(prod(x, w)).backward()
+    assert seen == [(False, True)]
+    np.testing.assert_array_equal(w.grad, [1.0, 1.0])
+
+
+def test_conv_skips_the_image_gradient(monkeypatch):
+    import minimask.conv as conv_module
+
+    calls = []
+    original = conv_module._conv2d_input_grad
+    monkeypatch.setattr(conv_module, "_conv2d_input_grad", lambda *a, **k: calls.append(1) or original(*a, **k))
+    rng = np.random.default_rng(0)
+    image = Tensor(rng.standard_normal((1, 3, 8, 8)).astype(np.float32))
+    w = Tensor(rng.standard_normal((4, 3, 3, 3)).astype(np.float32), requires_grad=True)
+    total(conv_module.conv2d(image, w, None, padding=1)).backward()
+    assert w.grad is not None and calls == []
+    image.requires_grad = True
+    total(conv_module.conv2d(image, w, None, padding=1)).backward()
+    assert calls == [1] and image.grad.shape == image.shape

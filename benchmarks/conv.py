@@ -1,0 +1,144 @@
+"""Benchmark minimask.conv2d on the ResNet-50-FPN layer shapes (512x512 input, batch 1).
+
+For each layer: forward and forward+backward time and GFLOP/s, the float32 matmul GFLOP/s of this
+machine measured right before it (a 2048^3 sgemm, best of several), the ratio conv / matmul, and
+torch.nn.functional.conv2d on the same shapes when torch is importable.
+
+FLOPs: forward = 2 * N * O * C * kh * kw * Hout * Wout; forward+backward = 3x that (dX and dW each
+cost one forward's worth). Times are the best of --repeat runs (other processes share the CPU).
+
+    python benchmarks/conv.py [--repeat 7] [--layers stem,3x3-64]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import time
+
+import numpy as np
+
+from minimask.conv import conv2d_backward, conv2d_forward
+
+# name, C, O, k, stride, padding, H (= W) of the input
+LAYERS = [
+    ("stem 7x7/2 3->64", 3, 64, 7, 2, 3, 512),
+    ("3x3 64->64 @128", 64, 64, 3, 1, 1, 128),
+    ("1x1 256->64 @128", 256, 64, 1, 1, 0, 128),
+    ("3x3 256->256 @32", 256, 256, 3, 1, 1, 32),
+    ("3x3 512->512 @16", 512, 512, 3, 1, 1, 16),
+    ("FPN 3x3 256->256 @128", 256, 256, 3, 1, 1, 128),
+]
+
+
+def best_of(fn, repeat):
+    fn()  # warm-up: allocations, BLAS thread start
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
+
+def matmul_gflops(repeat, n=2048):
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((n, n), dtype=np.float32)
+    b = rng.standard_normal((n, n), dtype=np.float32)
+    out = np.empty((n, n), np.float32)
+    return 2 * n**3 / best_of(lambda: np.matmul(a, b, out=out), repeat) / 1e9
+
+
+def blas_info():
+    lines = []
+    try:
+        cfg = np.show_config(mode="dicts")
+        blas = cfg["Build Dependencies"]["blas"]
+        lines.append(f"BLAS: {blas.get('name')} {blas.get('version')} ({blas.get('openblas configuration', '')})")
+    except Exception as e:  # older numpy: no dict mode
+        lines.append(f"BLAS: unknown ({e})")
+    env = {k: v for k, v in os.environ.items() if k.startswith(("OPENBLAS", "OMP_", "MKL_"))}
+    lines.append("threads/env: " + (", ".join(f"{k}={v}" for k, v in sorted(env.items())) or "none set")
+                 + f"; os.cpu_count()={os.cpu_count()} (OpenBLAS uses all cores unless OPENBLAS_NUM_THREADS)")
+    return lines
+
+
+def torch_or_none():
+    try:
+        import torch
+
+        torch.set_num_threads(os.cpu_count() or 1)
+        return torch
+    except Exception:
+        return None
+
+
+def bench_layer(layer, repeat, torch):
+    name, C, O, k, s, p, H = layer
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((1, C, H, H), dtype=np.float32)
+    w = (rng.standard_normal((O, C, k, k), dtype=np.float32) / np.sqrt(C * k * k)).astype(np.float32)
+    out, cache = conv2d_forward(x, w, None, stride=s, padding=p)
+    g = np.ones_like(out)
+    Ho, Wo = out.shape[2:]
+    flops = 2 * O * C * k * k * Ho * Wo
+
+    def fwd_bwd():
+        _, c = conv2d_forward(x, w, None, stride=s, padding=p)
+        conv2d_backward(g, c)
+
+    row = {"name": name, "flops": flops}
+    row["mm"] = matmul_gflops(repeat)  # back-to-back with the conv, so both see the same machine load
+    row["fwd"] = best_of(lambda: conv2d_forward(x, w, None, stride=s, padding=p), repeat)
+    row["fb"] = best_of(fwd_bwd, repeat)
+    if torch is not None:
+        tx = torch.tensor(x, requires_grad=True)
+        tw = torch.tensor(w, requires_grad=True)
+        tg = torch.tensor(g)
+
+        def t_fwd():
+            with torch.no_grad():
+                torch.nn.functional.conv2d(tx, tw, stride=s, padding=p)
+
+        def t_fb():
+            torch.nn.functional.conv2d(tx, tw, stride=s, padding=p).backward(tg)
+
+        row["t_fwd"] = best_of(t_fwd, repeat)
+        row["t_fb"] = best_of(t_fb, repeat)
+    return row
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--repeat", type=int, default=7)
+    ap.add_argument("--layers", default="", help="comma-separated substrings of layer names (default: all)")
+    args = ap.parse_args()
+    torch = torch_or_none()
+    print(f"numpy {np.__version__}, {platform.processor() or platform.machine()}, float32, batch 1")
+    for line in blas_info():
+        print(line)
+    print("FLOPs: fwd = 2*N*O*C*kh*kw*Hout*Wout; fwd+bwd = 3x fwd. Best of", args.repeat, "runs.")
+    print("mm = 2048^3 sgemm GFLOP/s measured just before each layer; ratio = conv GFLOP/s / mm GFLOP/s.")
+    if torch is None:
+        print("torch not importable: torch columns left out")
+    head = f"{'layer':24s} {'fwd ms':>8s} {'GF/s':>6s} {'fwd+bwd ms':>11s} {'GF/s':>6s} {'mm GF/s':>8s} " \
+           f"{'fwd/mm':>7s} {'fb/mm':>6s}"
+    if torch is not None:
+        head += f" {'torch fwd GF/s':>15s} {'torch fb GF/s':>14s}"
+    print(head)
+    keys = [s.strip() for s in args.layers.split(",") if s.strip()]
+    for layer in LAYERS:
+        if keys and not any(k in layer[0] for k in keys):
+            continue
+        r = bench_layer(layer, args.repeat, torch)
+        f_gf, fb_gf = r["flops"] / r["fwd"] / 1e9, 3 * r["flops"] / r["fb"] / 1e9
+        line = (f"{r['name']:24s} {r['fwd'] * 1e3:8.2f} {f_gf:6.1f} {r['fb'] * 1e3:11.2f} {fb_gf:6.1f} "
+                f"{r['mm']:8.1f} {f_gf / r['mm']:7.0%} {fb_gf / r['mm']:6.0%}")
+        if torch is not None:
+            line += f" {r['flops'] / r['t_fwd'] / 1e9:15.1f} {3 * r['flops'] / r['t_fb'] / 1e9:14.1f}"
+        print(line, flush=True)
+
+
+if __name__ == "__main__":
+    main()
