@@ -5,7 +5,9 @@ Public names follow torchvision, so every stage can be checked against it.
 """
 
 from . import backend, conv, init, layers, losses, optim, tape
+from .anchors import AnchorGenerator
 from .backend import get_array_module, make_rng, scatter_add, to_host
+from .boxes import BoxCoder, box_area, box_iou, clip_boxes_to_image, decode_boxes, encode_boxes, remove_small_boxes
 from .conv import Conv2d, ConvTranspose2d, conv2d, conv_transpose2d
 from .layers import (
     Flatten,
@@ -25,8 +27,11 @@ from .layers import (
     softmax,
 )
 from .losses import binary_cross_entropy_with_logits, cross_entropy, smooth_l1_loss
+from .matching import BalancedPositiveNegativeSampler, Matcher
 from .module import Module, ModuleList, Parameter, Sequential, load_state_file, save_state_dict
+from .nms import batched_nms, nms
 from .optim import SGD, WarmupMultiStepLR, clip_grad_norm_
+from .rpn import RegionProposalNetwork, RPNConfig, RPNHead
 from .tape import Tensor, no_grad
 
 __version__ = "0.1.0"
