@@ -31,6 +31,9 @@ from .matching import BalancedPositiveNegativeSampler, Matcher
 from .module import Module, ModuleList, Parameter, Sequential, load_state_file, save_state_dict
 from .nms import batched_nms, nms
 from .optim import SGD, WarmupMultiStepLR, clip_grad_norm_
+from .poolers import MultiScaleRoIAlign, multiscale_roi_align
+from .roi_align import roi_align
+from .roi_pool import roi_pool
 from .rpn import RegionProposalNetwork, RPNConfig, RPNHead
 from .tape import Tensor, no_grad
 

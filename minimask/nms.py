@@ -17,8 +17,8 @@ widths of each other, and their top edges within (1 - t) heights (proof at `_swe
 Clusters of near-identical boxes (proposals before NMS) would make step 2 quadratic in the cluster
 size, so `_greedy` first lets the top-ranked boxes remove what they overlap (as the textbook loop
 does), in rounds, while that removes many boxes per round.
-This runs on the host even for CuPy inputs (step 3 is sequential at heart; the CUDA version comes
-with the RoI kernels in nbs/08): N boxes go down, K indices come back on the input's module.
+CuPy inputs go to the CUDA kernel instead (kernels/nms.cu via `minimask.kernels.nms_cuda`: the
+64-bit bitmask algorithm, chapter 08), which keeps the same order and tie rule.
 """
 
 from __future__ import annotations
@@ -73,7 +73,9 @@ def _nms(boxes, scores, iou_threshold, idxs):
     n = boxes.shape[0]
     if n == 0:
         return xp.zeros((0,), dtype=xp.int64)
-    b = to_host(boxes)  # host side on purpose: see the module docstring
+    if xp is not np:
+        return _nms_on_device(boxes, scores, t, idxs)
+    b = to_host(boxes)
     if b.dtype.kind != "f":
         b = b.astype(np.float32)
     if not np.isfinite(b).all():
@@ -89,6 +91,18 @@ def _nms(boxes, scores, iou_threshold, idxs):
         keep[0 if groups is None else np.unique(groups, return_index=True)[1]] = True
         return to_device(order[keep].astype(np.int64), xp)
     return to_device(order[_greedy(b, t, groups)].astype(np.int64), xp)
+
+
+def _nms_on_device(boxes, scores, t, idxs):
+    """CuPy arrays: the CUDA bitmask kernel. Categories are kept apart with torchvision's offset
+    trick, in float64 so that the shifted coordinates stay exact."""
+    from .kernels import nms_cuda
+
+    if idxs is not None:
+        b = boxes.astype("float64")
+        offset = (b.max() + 1.0) * idxs.astype("float64")
+        boxes = b + offset[:, None]
+    return nms_cuda(boxes, scores, t)
 
 
 class _Sweep:
