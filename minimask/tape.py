@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import inspect
+import weakref
 
 from .backend import get_array_module
 
@@ -48,16 +49,27 @@ def no_grad():
 
 
 class Node:
-    """One recorded op: its backward, the cache from its forward, and its Tensor inputs."""
+    """One recorded op: its backward, the cache from its forward, and where its input gradients go.
 
-    __slots__ = ("name", "backward_fn", "cache", "inputs", "wants_mask")
+    `inputs` holds, per positional input, None (no gradient wanted) or an edge
+    (leaf Tensor or None, producing Node or None, input shape). Only leaves (parameters, inputs
+    that asked for a gradient) are kept as Tensors: an intermediate input is reached through the
+    Node that made it, so its array is freed as soon as no cache needs it (as in torch, where the
+    graph holds functions, not tensors). `out` is a weak reference to the output Tensor.
+    """
+
+    __slots__ = ("name", "backward_fn", "cache", "inputs", "wants_mask", "out")
 
     def __init__(self, name, backward_fn, cache, inputs, wants_mask=False):
         self.name = name
         self.backward_fn = backward_fn
         self.cache = cache
-        self.inputs = inputs  # list with a Tensor (needing grad) or None per positional input
+        self.inputs = [  # never the Tensor of an intermediate: that would keep its array alive
+            None if t is None else ((t, None, tuple(t.shape)) if t.node is None else (None, t.node, tuple(t.shape)))
+            for t in inputs
+        ]
         self.wants_mask = wants_mask  # backward accepts needs_input_grad=
+        self.out = None  # weakref to the output Tensor (for retain_grad)
 
 
 class Tensor:
@@ -78,6 +90,8 @@ class Tensor:
         self.requires_grad = bool(requires_grad)
         self.node = node
         self._retain = False
+        if node is not None:
+            node.out = weakref.ref(self)
 
     # --- array-like conveniences -------------------------------------------------------------
     shape = property(lambda self: self.data.shape)
@@ -176,67 +190,69 @@ class Tensor:
         if not self.requires_grad:
             raise RuntimeError("backward() on a tensor that does not require grad (made under no_grad?)")
 
-        order = _topological_order(self)
-        grads = {id(self): grad}
-        for t in order:  # outputs before inputs
-            g = grads.pop(id(t), None)
+        if self.node is None:  # a leaf: nothing to propagate
+            self.grad = grad if self.grad is None else self.grad + grad
+            return
+        grads = {id(self.node): grad}
+        for node in _topological_order(self.node):  # outputs before inputs
+            g = grads.pop(id(node), None)
             if g is None:
                 continue
-            if t.node is None or t._retain:
-                t.grad = g if t.grad is None else t.grad + g
-            if t.node is None:
-                continue
-            node = t.node
+            out = node.out() if node.out is not None else None
+            if out is not None and out._retain:
+                out.grad = g if out.grad is None else out.grad + g
             if node.cache is _FREED:
                 raise RuntimeError(f"backward through '{node.name}' a second time: its cache was freed")
             if node.wants_mask:
-                mask = tuple(inp is not None for inp in node.inputs)
+                mask = tuple(edge is not None for edge in node.inputs)
                 in_grads = node.backward_fn(g, node.cache, needs_input_grad=mask)
             else:
                 in_grads = node.backward_fn(g, node.cache)
             node.cache = _FREED
+            del g
             if not isinstance(in_grads, tuple):
                 in_grads = (in_grads,)
-            for i, inp in enumerate(node.inputs):
-                if inp is None:
+            for i, edge in enumerate(node.inputs):
+                if edge is None:
                     continue
+                leaf, parent, shape = edge
                 gi = in_grads[i] if i < len(in_grads) else None
                 if gi is None:
                     raise RuntimeError(
                         f"op '{node.name}' returned no gradient for input {i}, which requires grad"
                     )
-                if tuple(gi.shape) != tuple(inp.shape):
+                if tuple(gi.shape) != shape:
                     raise RuntimeError(
                         f"op '{node.name}' returned gradient of shape {tuple(gi.shape)} "
-                        f"for input {i} of shape {tuple(inp.shape)}"
+                        f"for input {i} of shape {shape}"
                     )
-                key = id(inp)
-                if key in grads:
-                    grads[key] = grads[key] + gi  # accumulate, never assign
-                else:
-                    grads[key] = gi
+                if parent is None:  # a leaf: accumulate into .grad, never assign
+                    leaf.grad = gi if leaf.grad is None else leaf.grad + gi
+                    continue
+                key = id(parent)
+                grads[key] = grads[key] + gi if key in grads else gi  # accumulate, never assign
+            in_grads = None
 
 
 _FREED = object()
 
 
 def _topological_order(root):
-    """Tensors reachable from `root` through recorded nodes, each after every tensor it feeds."""
+    """Nodes reachable from node `root` through their inputs, each before every node that feeds it."""
     order, seen = [], set()
     stack = [(root, False)]
     while stack:  # iterative DFS: deep nets would overflow Python's recursion limit
-        t, expanded = stack.pop()
+        node, expanded = stack.pop()
         if expanded:
-            order.append(t)
+            order.append(node)
             continue
-        if id(t) in seen:
+        if id(node) in seen:
             continue
-        seen.add(id(t))
-        stack.append((t, True))
-        if t.node is not None:
-            for inp in t.node.inputs:
-                if inp is not None and id(inp) not in seen:
-                    stack.append((inp, False))
+        seen.add(id(node))
+        stack.append((node, True))
+        for edge in node.inputs:
+            if edge is not None and edge[1] is not None and id(edge[1]) not in seen:
+                stack.append((edge[1], False))
     order.reverse()
     return order
 
