@@ -1,0 +1,216 @@
+"""The whole Mask R-CNN: transform -> backbone (ResNet-FPN) -> RPN -> RoI heads -> post-processing.
+
+Shapes:  images: list of N float (3, H_i, W_i) in [0, 1]; batch (N, 3, H, W) after the transform
+         features: OrderedDict '0'..'3' (P2..P5), 'pool' (P6), each (N, 256, H/s, W/s)
+         proposals: list of (R_i, 4) boxes per image, no gradient (the RPN's output is a constant
+         for the heads: the stop-gradient of the paper's approximate joint training)
+Training: model(images, targets) -> dict of the five losses, torchvision's names:
+         loss_objectness, loss_rpn_box_reg (RPN), loss_classifier, loss_box_reg (box head), loss_mask
+Eval:    model(images) -> per image {boxes (D, 4), labels (D,), scores (D,), masks (D, 1, H, W)
+         probabilities}, in the original image's pixels (threshold masks at 0.5)
+Names:   every module and parameter as torchvision's `maskrcnn_resnet50_fpn`, so its state dict
+         loads unchanged (`backbone.*`, `rpn.head.*`, `roi_heads.box_head.fc6`, ...)
+Chapter: nbs/11_mask_rcnn.ipynb    Paper: Mask R-CNN (He et al. 2017), Fig. 1 and Sec. 3
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .backend import get_array_module
+from .box_head import FastRCNNPredictor, TwoMLPHead, fastrcnn_loss, postprocess_detections, select_training_samples
+from .boxes import BoxCoder
+from .config import MaskRCNNConfig, RoIHeadsConfig, with_overrides
+from .fpn import resnet_fpn_backbone
+from .mask_head import MaskRCNNHeads, MaskRCNNPredictor, maskrcnn_inference, maskrcnn_loss, project_masks_on_boxes
+from .matching import BalancedPositiveNegativeSampler, Matcher
+from .module import Module
+from .poolers import MultiScaleRoIAlign
+from .rpn import RegionProposalNetwork
+from .tape import Tensor, no_grad
+from .transform import GeneralizedRCNNTransform, check_targets
+
+FEATMAP_NAMES = ("0", "1", "2", "3")        # RoIs are pooled from P2..P5 (P6 feeds only the RPN)
+
+
+def _split_crowd(target):
+    """(boxes, labels, masks) of the non-crowd objects and the (C, 4) crowd boxes of one target."""
+    xp = get_array_module(target["boxes"])
+    boxes, labels, masks = target["boxes"], target["labels"], target.get("masks")
+    crowd = target.get("iscrowd")
+    if crowd is None:
+        return boxes, labels, masks, boxes[:0]
+    crowd = xp.asarray(crowd).astype(bool)
+    keep = ~crowd
+    return boxes[keep], labels[keep], (None if masks is None else masks[keep]), boxes[crowd]
+
+
+class RoIHeads(Module):
+    """Box and mask branches on pooled RoIs (torchvision's RoIHeads, without keypoints).
+
+    forward(features, proposals, image_shapes, targets=None, rng=None)
+      training -> ([], {"loss_classifier", "loss_box_reg", "loss_mask"})
+      eval     -> ([{"boxes", "labels", "scores", "masks" (D, 1, 28, 28)}], {})
+    Chapter: nbs/09_box_head.ipynb, nbs/10_mask_head.ipynb
+    """
+
+    def __init__(self, num_classes, config: RoIHeadsConfig | None = None, in_channels=256, rng=None):
+        super().__init__()
+        cfg = self.config = config if config is not None else RoIHeadsConfig()
+        pool_args = dict(sampling_ratio=cfg.sampling_ratio, aligned=cfg.aligned,
+                         canonical_scale=cfg.canonical_scale, canonical_level=cfg.canonical_level)
+        self.box_roi_pool = MultiScaleRoIAlign(list(FEATMAP_NAMES), cfg.box_pool_size, **pool_args)
+        self.box_head = TwoMLPHead(in_channels * cfg.box_pool_size ** 2, cfg.representation_size, rng=rng)
+        self.box_predictor = FastRCNNPredictor(cfg.representation_size, num_classes, rng=rng)
+        self.mask_roi_pool = MultiScaleRoIAlign(list(FEATMAP_NAMES), cfg.mask_pool_size, **pool_args)
+        self.mask_head = MaskRCNNHeads(in_channels, cfg.mask_layers, cfg.mask_dilation, cfg.mask_norm, rng=rng)
+        self.mask_predictor = MaskRCNNPredictor(cfg.mask_layers[-1], cfg.mask_predictor_channels, num_classes,
+                                                rng=rng)
+        self.num_classes = num_classes
+        self.proposal_matcher = Matcher(cfg.fg_iou_thresh, cfg.bg_iou_thresh, allow_low_quality_matches=False)
+        self.fg_bg_sampler = BalancedPositiveNegativeSampler(cfg.batch_size_per_image, cfg.positive_fraction)
+        self.box_coder = BoxCoder(cfg.bbox_reg_weights)
+
+    def forward(self, features, proposals, image_shapes, targets=None, rng=None):
+        cfg = self.config
+        if self.training:
+            if targets is None:
+                raise ValueError("RoIHeads in training mode needs targets")
+            split = [_split_crowd(t) for t in targets]
+            gt_boxes = [s[0] for s in split]
+            gt_labels = [s[1] for s in split]
+            gt_masks = [s[2] for s in split]
+            proposals, matched_idxs, labels, regression_targets = select_training_samples(
+                proposals, gt_boxes, gt_labels, self.proposal_matcher, self.fg_bg_sampler, self.box_coder, rng,
+                crowd_boxes=[s[3] for s in split], crowd_ioa_thresh=cfg.crowd_ioa_thresh)
+
+        box_features = self.box_roi_pool(features, proposals, image_shapes)         # (R, C, 7, 7)
+        box_features = self.box_head(box_features)                                  # (R, 1024)
+        class_logits, box_regression = self.box_predictor(box_features)             # (R, K), (R, 4K)
+
+        if self.training:
+            loss_classifier, loss_box_reg = fastrcnn_loss(class_logits, box_regression, labels, regression_targets,
+                                                          beta=cfg.box_loss_beta)
+            # the mask branch sees only the positives, each with the gt it was matched to
+            mask_props, mask_labels, mask_targets = [], [], []
+            for props, lab, idx, masks in zip(proposals, labels, matched_idxs, gt_masks, strict=True):
+                xp = get_array_module(props)
+                pos = xp.nonzero(lab > 0)[0]
+                mask_props.append(props[pos])
+                mask_labels.append(lab[pos])
+                mask_targets.append(project_masks_on_boxes(masks, props[pos], idx[pos], 2 * cfg.mask_pool_size,
+                                                           aligned=cfg.aligned, binarize=cfg.mask_target_binarize))
+            xp = get_array_module(proposals[0])
+            num_pos = sum(p.shape[0] for p in mask_props)
+            if num_pos == 0:   # nothing to learn a mask from: a zero that adds nothing
+                loss_mask = Tensor(xp.zeros((), dtype=box_features.dtype))
+            else:
+                mask_features = self.mask_roi_pool(features, mask_props, image_shapes)   # (P, C, 14, 14)
+                mask_logits = self.mask_predictor(self.mask_head(mask_features))     # (P, K, 28, 28)
+                loss_mask = maskrcnn_loss(mask_logits, xp.concatenate(mask_labels), xp.concatenate(mask_targets))
+            return [], {"loss_classifier": loss_classifier, "loss_box_reg": loss_box_reg, "loss_mask": loss_mask}
+
+        boxes, scores, labels = postprocess_detections(
+            class_logits.data, box_regression.data, proposals, image_shapes, self.box_coder,
+            score_thresh=cfg.score_thresh, nms_thresh=cfg.nms_thresh, detections_per_img=cfg.detections_per_img,
+            min_size=cfg.min_box_size)
+        M = 2 * cfg.mask_pool_size
+        if sum(b.shape[0] for b in boxes):
+            mask_features = self.mask_roi_pool(features, boxes, image_shapes)
+            mask_logits = self.mask_predictor(self.mask_head(mask_features)).data        # (D, K, 28, 28)
+            masks = maskrcnn_inference(mask_logits, labels)
+        else:
+            xp = get_array_module(class_logits.data)
+            masks = [xp.zeros((0, 1, M, M), dtype=class_logits.dtype) for _ in boxes]
+        result = [{"boxes": b, "labels": lab, "scores": s, "masks": m}
+                  for b, lab, s, m in zip(boxes, labels, scores, masks, strict=True)]
+        return result, {}
+
+
+class MaskRCNN(Module):
+    """Mask R-CNN (He et al. 2017) on a ResNet-FPN backbone; torchvision's MaskRCNN interface.
+
+    model.train(); losses = model(images, targets, rng=rng)   # dict of five scalar Tensors
+    model.eval();  detections = model(images)                 # list of dicts of arrays
+    `proposals=` (a list of (R_i, 4) arrays) replaces the RPN's proposals: for tests and for the
+    torchvision parity check (the RPN still computes its losses in training).
+    Chapter: nbs/11_mask_rcnn.ipynb
+    """
+
+    def __init__(self, config: MaskRCNNConfig | None = None, rng=None):
+        super().__init__()
+        cfg = self.config = config if config is not None else MaskRCNNConfig()
+        rng = rng if rng is not None else np.random.default_rng()
+        self.transform = GeneralizedRCNNTransform(cfg.transform)
+        b = cfg.backbone
+        self.backbone = resnet_fpn_backbone(b.name, norm=b.norm, trainable_layers=b.trainable_layers,
+                                            returned_layers=b.returned_layers, out_channels=b.out_channels, rng=rng)
+        self.rpn = RegionProposalNetwork(cfg.rpn, in_channels=b.out_channels, rng=rng)
+        self.roi_heads = RoIHeads(cfg.num_classes, cfg.roi_heads, in_channels=b.out_channels, rng=rng)
+        self.rng = rng   # sampling (RoIs, anchors, multi-scale) draws from here unless forward gets one
+
+    def forward(self, images, targets=None, rng=None, proposals=None):
+        rng = rng if rng is not None else self.rng
+        original_sizes = [(int(im.shape[-2]), int(im.shape[-1])) for im in images]
+        if self.training:
+            check_targets(images, targets, self.config.num_classes)
+            return self._forward(images, targets, rng, proposals, original_sizes)
+        with no_grad():
+            return self._forward(images, None, rng, proposals, original_sizes)
+
+    def _forward(self, images, targets, rng, proposals, original_sizes):
+        batch, image_sizes, targets = self.transform(images, targets, rng=rng, training=self.training)
+        features = self.backbone(Tensor(batch))                                       # P2..P6
+        rpn_proposals, rpn_losses = self.rpn(batch, features, image_sizes, targets, rng=rng)
+        if proposals is not None:
+            proposals = [p.astype(batch.dtype, copy=False) for p in proposals]
+        else:
+            proposals = rpn_proposals           # plain arrays: no gradient flows back into the RPN
+        detections, roi_losses = self.roi_heads(features, proposals, image_sizes, targets, rng=rng)
+        if self.training:
+            return {**rpn_losses, **roi_losses}
+        return self.transform.postprocess(detections, image_sizes, original_sizes)
+
+
+# ------------------------------------------------------------------------------------------------
+# builders
+# ------------------------------------------------------------------------------------------------
+
+
+def maskrcnn_resnet50_fpn(num_classes=91, norm="frozen_bn", rng=None, config=None, **overrides):
+    """torchvision's `maskrcnn_resnet50_fpn(weights=None, num_classes=91)`, freshly initialised.
+
+    norm: "frozen_bn" (for pretrained weights) | "group_norm" (training from scratch).
+    overrides: any configuration field by name (`min_size=512`, `aligned=False`, ...), see config.py.
+    Load torchvision's weights with `minimask.weights.load_maskrcnn_state(model, path)`.
+    Chapter: nbs/11_mask_rcnn.ipynb
+    """
+    cfg = config if config is not None else MaskRCNNConfig()
+    cfg = with_overrides(cfg, num_classes=num_classes, norm=norm, **overrides)
+    return MaskRCNN(cfg, rng=rng)
+
+
+def small_config(num_classes=4, backbone="resnet18", min_size=256, max_size=320, width=64, **overrides):
+    """A small, fast configuration for tests, notebooks and training from scratch on a CPU.
+
+    ResNet-18-FPN with group norm (all stages trained), `width` FPN channels, smaller images and
+    fewer RoIs and proposals; everything else as the full model.
+    """
+    cfg = MaskRCNNConfig()
+    rpn_fields = type(cfg.rpn).__dataclass_fields__
+    rpn = {k: v for k, v in dict(pre_nms_top_n_train=600, post_nms_top_n_train=300, pre_nms_top_n_test=300,
+                                 post_nms_top_n_test=150, batch_size_per_image=128).items() if k in rpn_fields}
+    cfg = with_overrides(
+        cfg, num_classes=num_classes, name=backbone, norm="group_norm", trainable_layers=5, out_channels=width,
+        min_size=min_size, max_size=max_size, rpn=rpn,
+        roi_heads=dict(representation_size=4 * width, mask_layers=(width,) * 4, mask_predictor_channels=width,
+                       batch_size_per_image=128))
+    return with_overrides(cfg, **overrides) if overrides else cfg
+
+
+def maskrcnn_small(num_classes=4, rng=None, **overrides):
+    """Mask R-CNN on `small_config(...)`: the model the training chapter trains from scratch."""
+    return MaskRCNN(small_config(num_classes=num_classes, **overrides), rng=rng)
+
+
+__all__ = ["MaskRCNN", "RoIHeads", "maskrcnn_resnet50_fpn", "maskrcnn_small", "small_config"]
