@@ -1,0 +1,66 @@
+"""Predict: draw boxes, labels, scores and masks on images with a trained checkpoint.
+
+    python -m minimask.predict IMAGE [IMAGE ...] --checkpoint runs/shapes/checkpoint_0002000.npz
+writes <output-dir>/<image name>.png for each image (default output dir: predictions/ beside the
+checkpoint). Images are read with Pillow (any format it reads), as RGB.
+Chapter: nbs/12_training_on_shapes.ipynb
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+from PIL import Image
+
+from .backend import to_host
+from .data import to_chw_float
+from .tape import no_grad
+from .viz import draw_instances
+
+
+def read_image(path):
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: image not found")
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGB"))
+    except OSError as e:
+        raise ValueError(f"{path}: cannot read as an image ({e})") from None
+
+
+def main(argv=None):
+    from .train import load_checkpoint_model
+
+    p = argparse.ArgumentParser(prog="python -m minimask.predict", description=__doc__.split("\n")[0])
+    p.add_argument("images", nargs="+", help="image files")
+    p.add_argument("--checkpoint", required=True, help="a checkpoint .npz written by minimask.train")
+    p.add_argument("--score-thresh", type=float, default=0.5, help="draw detections scoring at least this")
+    p.add_argument("--output-dir", default=None, help="where the PNGs go (default: predictions/ beside the checkpoint)")
+    args = p.parse_args(argv)
+    model, _ = load_checkpoint_model(args.checkpoint)
+    out_dir = Path(args.output_dir) if args.output_dir else Path(args.checkpoint).parent / "predictions"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for path in args.images:
+        image = read_image(path)
+        with no_grad():
+            det = model([to_chw_float(image)])[0]
+        keep = to_host(det["scores"]) >= args.score_thresh
+        h, w = image.shape[:2]
+        fig, ax = plt.subplots(figsize=(max(3, w / 100), max(3, h / 100)))
+        draw_instances(ax, image, to_host(det["boxes"])[keep], to_host(det["labels"])[keep],
+                       to_host(det["scores"])[keep], to_host(det["masks"])[keep], model.class_names)
+        out = out_dir / (Path(path).stem + ".png")
+        fig.tight_layout()
+        fig.savefig(out, dpi=100)
+        plt.close(fig)
+        print(f"{path}: {int(keep.sum())} detections -> {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
