@@ -37,6 +37,7 @@ class BackboneConfig:
     trainable_layers: int = 3            # stages trained, counted from layer4 (3: stem and layer1 frozen)
     returned_layers: tuple = (1, 2, 3, 4)  # layer1..layer4 = C2..C5 feeding the FPN
     out_channels: int = 256              # FPN width: every P level and every head input has this many channels
+    base_width: int = 64                 # trunk stem width; stage k has base_width * 2^k planes (64 = torchvision)
 
 
 @dataclass(frozen=True)

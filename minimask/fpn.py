@@ -98,11 +98,12 @@ class BackboneWithFPN(Module):
 
 
 def resnet_fpn_backbone(backbone_name="resnet50", norm="frozen_bn", trainable_layers=3,
-                        returned_layers=(1, 2, 3, 4), out_channels=256, rng=None):
+                        returned_layers=(1, 2, 3, 4), out_channels=256, rng=None, base_width=64):
     """Build torchvision's `resnet_fpn_backbone` with fresh weights (load real ones with minimask.weights).
 
     backbone_name: resnet18 | resnet34 | resnet50 | resnet101; norm: "frozen_bn" | "group_norm".
     trainable_layers: 0..5 stages trained, counted from layer4 (3 = Mask R-CNN: stem, layer1 frozen).
+    base_width: the trunk's stem width (64 = torchvision; smaller for fast training from scratch).
     Returns a BackboneWithFPN whose forward gives OrderedDict '0'..'3', 'pool' = P2..P6.
     Chapter: nbs/03_resnet_fpn.ipynb
     """
@@ -112,7 +113,7 @@ def resnet_fpn_backbone(backbone_name="resnet50", norm="frozen_bn", trainable_la
     if not returned_layers or min(returned_layers) < 1 or max(returned_layers) > 4:
         raise ValueError(f"returned_layers must be a non-empty subset of (1, 2, 3, 4), got {returned_layers}")
     rng = rng if rng is not None else np.random.default_rng()
-    body = RESNETS[backbone_name](norm=norm, rng=rng)
+    body = RESNETS[backbone_name](norm=norm, rng=rng, base_width=base_width)
     set_trainable_layers(body, trainable_layers)
     channels = body.out_channels_list
     in_channels_list = [channels[layer - 1] for layer in returned_layers]

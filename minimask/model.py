@@ -144,7 +144,8 @@ class MaskRCNN(Module):
         self.transform = GeneralizedRCNNTransform(cfg.transform)
         b = cfg.backbone
         self.backbone = resnet_fpn_backbone(b.name, norm=b.norm, trainable_layers=b.trainable_layers,
-                                            returned_layers=b.returned_layers, out_channels=b.out_channels, rng=rng)
+                                            returned_layers=b.returned_layers, out_channels=b.out_channels, rng=rng,
+                                            base_width=b.base_width)
         self.rpn = RegionProposalNetwork(cfg.rpn, in_channels=b.out_channels, rng=rng)
         self.roi_heads = RoIHeads(cfg.num_classes, cfg.roi_heads, in_channels=b.out_channels, rng=rng)
         self.rng = rng   # sampling (RoIs, anchors, multi-scale) draws from here unless forward gets one

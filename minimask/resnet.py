@@ -43,12 +43,20 @@ def check_image_batch(x, size_divisible=32):
         )
 
 
+def group_norm_groups(num_features):
+    """32 groups (He & Wu's default) where there are at least 64 channels; narrow nets keep 4
+    channels per group instead, since a group needs a few channels to estimate its statistics."""
+    if num_features >= 2 * GROUP_NORM_GROUPS:
+        return GROUP_NORM_GROUPS
+    return max(1, num_features // 4)
+
+
 def make_norm(norm, num_features):
-    """The normalisation layer after each conv: FrozenBatchNorm2d or GroupNorm(32, C)."""
+    """The normalisation layer after each conv: FrozenBatchNorm2d or GroupNorm(32, C) (fewer groups when narrow)."""
     if norm == "frozen_bn":
         return FrozenBatchNorm2d(num_features)
     if norm == "group_norm":
-        return GroupNorm(GROUP_NORM_GROUPS, num_features)
+        return GroupNorm(group_norm_groups(num_features), num_features)
     raise ValueError(f"norm must be 'frozen_bn' or 'group_norm', got {norm!r}")
 
 
@@ -122,19 +130,22 @@ class ResNet(Module):
 
     forward(x (N, 3, H, W)) -> OrderedDict '0': C2, '1': C3, '2': C4, '3': C5 (shapes in the module
     docstring). `block` is BasicBlock or Bottleneck; `layers` the number of blocks per stage.
+    `base_width` (64 in every torchvision ResNet) sets the stem's channels; stage k has
+    base_width * 2^k planes. Narrower trunks (16, 32) train from scratch on small data in minutes.
     """
 
-    def __init__(self, block, layers, norm="frozen_bn", rng=None):
+    def __init__(self, block, layers, norm="frozen_bn", rng=None, base_width=64):
         super().__init__()
         rng = rng if rng is not None else np.random.default_rng()
         self.norm = norm
-        self.inplanes = 64
-        self.conv1 = _conv(3, 64, 7, stride=2, rng=rng)
-        self.bn1 = make_norm(norm, 64)
-        self.layer1 = self._make_layer(block, 64, layers[0], 1, rng)
-        self.layer2 = self._make_layer(block, 128, layers[1], 2, rng)
-        self.layer3 = self._make_layer(block, 256, layers[2], 2, rng)
-        self.layer4 = self._make_layer(block, 512, layers[3], 2, rng)
+        self.base_width = w = base_width
+        self.inplanes = w
+        self.conv1 = _conv(3, w, 7, stride=2, rng=rng)
+        self.bn1 = make_norm(norm, w)
+        self.layer1 = self._make_layer(block, w, layers[0], 1, rng)
+        self.layer2 = self._make_layer(block, 2 * w, layers[1], 2, rng)
+        self.layer3 = self._make_layer(block, 4 * w, layers[2], 2, rng)
+        self.layer4 = self._make_layer(block, 8 * w, layers[3], 2, rng)
 
     def _make_layer(self, block, planes, blocks, stride, rng):
         downsample = None
@@ -151,9 +162,9 @@ class ResNet(Module):
 
     @property
     def out_channels_list(self):
-        """Channels of C2..C5: [64, 128, 256, 512] times the block expansion."""
-        e = self.layer1[0].expansion
-        return [64 * e, 128 * e, 256 * e, 512 * e]
+        """Channels of C2..C5: [64, 128, 256, 512] (for base_width 64) times the block expansion."""
+        e, w = self.layer1[0].expansion, self.base_width
+        return [w * e, 2 * w * e, 4 * w * e, 8 * w * e]
 
     def forward(self, x):
         x = as_tensor(x)
@@ -188,28 +199,28 @@ def set_trainable_layers(body, trainable_layers):
     return body
 
 
-def _resnet(block, layers, norm, rng):
-    return ResNet(block, layers, norm=norm, rng=rng)
+def _resnet(block, layers, norm, rng, base_width=64):
+    return ResNet(block, layers, norm=norm, rng=rng, base_width=base_width)
 
 
-def resnet18(norm="frozen_bn", rng=None):
+def resnet18(norm="frozen_bn", rng=None, base_width=64):
     """ResNet-18 trunk (BasicBlock, [2, 2, 2, 2]); C2..C5 channels 64, 128, 256, 512."""
-    return _resnet(BasicBlock, [2, 2, 2, 2], norm, rng)
+    return _resnet(BasicBlock, [2, 2, 2, 2], norm, rng, base_width)
 
 
-def resnet34(norm="frozen_bn", rng=None):
+def resnet34(norm="frozen_bn", rng=None, base_width=64):
     """ResNet-34 trunk (BasicBlock, [3, 4, 6, 3]); C2..C5 channels 64, 128, 256, 512."""
-    return _resnet(BasicBlock, [3, 4, 6, 3], norm, rng)
+    return _resnet(BasicBlock, [3, 4, 6, 3], norm, rng, base_width)
 
 
-def resnet50(norm="frozen_bn", rng=None):
+def resnet50(norm="frozen_bn", rng=None, base_width=64):
     """ResNet-50 trunk (Bottleneck, [3, 4, 6, 3]); C2..C5 channels 256, 512, 1024, 2048."""
-    return _resnet(Bottleneck, [3, 4, 6, 3], norm, rng)
+    return _resnet(Bottleneck, [3, 4, 6, 3], norm, rng, base_width)
 
 
-def resnet101(norm="frozen_bn", rng=None):
+def resnet101(norm="frozen_bn", rng=None, base_width=64):
     """ResNet-101 trunk (Bottleneck, [3, 4, 23, 3]); C2..C5 channels 256, 512, 1024, 2048."""
-    return _resnet(Bottleneck, [3, 4, 23, 3], norm, rng)
+    return _resnet(Bottleneck, [3, 4, 23, 3], norm, rng, base_width)
 
 
 RESNETS = {"resnet18": resnet18, "resnet34": resnet34, "resnet50": resnet50, "resnet101": resnet101}

@@ -55,6 +55,7 @@ class TrainConfig:
     model: str = "small"                # "small" (ResNet-18-FPN, group norm, narrow) | "resnet50_fpn"
     backbone: str = "resnet18"          # small model: resnet18 | resnet34 | resnet50 | resnet101
     width: int = 64                     # small model: FPN / head channels
+    base_width: int = 64                # small model: trunk stem width (stage k: base_width * 2^k channels)
     norm: str = "group_norm"            # "group_norm" trains from scratch; "frozen_bn" needs pretrained weights
     min_size: int = 128                 # input transform: short side
     max_size: int = 128                 # input transform: cap on the long side
@@ -151,7 +152,8 @@ def build_model(cfg: TrainConfig, num_classes: int, rng):
     overrides = parse_overrides(cfg.set)
     if cfg.model == "small":
         mcfg = small_config(num_classes=num_classes, backbone=cfg.backbone, min_size=cfg.min_size,
-                            max_size=cfg.max_size, width=cfg.width, norm=cfg.norm, **overrides)
+                            max_size=cfg.max_size, width=cfg.width, norm=cfg.norm,
+                            base_width=cfg.base_width, **overrides)
         if cfg.dataset == "shapes" and "anchor_sizes" not in overrides:
             # shapes are 16-64 px: anchors from 16 px up, one size per level P2..P6
             from .config import with_overrides

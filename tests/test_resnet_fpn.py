@@ -348,3 +348,18 @@ def test_bottleneck_gradients_match_torch(torch, norm):
     for n in tgrads:
         assert rel_err(ograds[n], tgrads[n]) <= 1e-4, n
 
+
+
+@pytest.mark.parametrize("base_width", [16, 32])
+def test_narrow_trunk_for_training_from_scratch(base_width):
+    rng = np.random.default_rng(0)
+    bb = resnet_fpn_backbone("resnet18", norm="group_norm", trainable_layers=5, out_channels=32, rng=rng,
+                             base_width=base_width)
+    assert bb.body.out_channels_list == [base_width, 2 * base_width, 4 * base_width, 8 * base_width]
+    assert bb.body.conv1.weight.shape == (base_width, 3, 7, 7)
+    out = bb(Tensor(rng.standard_normal((1, 3, 64, 64)).astype(np.float32)))
+    assert [tuple(v.shape) for v in out.values()] == [(1, 32, 16, 16), (1, 32, 8, 8), (1, 32, 4, 4), (1, 32, 2, 2),
+                                                      (1, 32, 1, 1)]
+    for m in bb.modules():  # every group norm has a valid number of groups, each of >= 2 channels
+        if type(m).__name__ == "GroupNorm":
+            assert m.num_channels % m.num_groups == 0 and m.num_channels // m.num_groups >= 2
