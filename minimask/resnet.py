@@ -44,9 +44,9 @@ def check_image_batch(x, size_divisible=32):
 
 
 def group_norm_groups(num_features):
-    """32 groups (He & Wu's default) where there are at least 64 channels; narrow nets keep 4
-    channels per group instead, since a group needs a few channels to estimate its statistics."""
-    if num_features >= 2 * GROUP_NORM_GROUPS:
+    """32 groups (He & Wu's default, and torchvision's) whenever the channels divide into them; the
+    narrower layers of a slim trunk (base_width 16: 16 channels) use groups of 4 channels instead."""
+    if num_features % GROUP_NORM_GROUPS == 0:
         return GROUP_NORM_GROUPS
     return max(1, num_features // 4)
 
