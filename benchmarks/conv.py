@@ -1,11 +1,15 @@
-"""Benchmark minimask.conv2d on the ResNet-50-FPN layer shapes (512x512 input, batch 1).
+"""Benchmark minimask.conv2d / conv_transpose2d on Mask R-CNN's layer shapes.
 
+Two groups of rows: the ResNet-50-FPN layers of one 512x512 image (batch 1, big maps), and the
+batched small maps of training: the mask head on R RoIs (R, 256, 14, 14) with its 2x2/2 deconvolution
+and 1x1 predictor, and a batch of 8 small (128x128) images giving 32^2, 16^2, 8^2 maps.
 For each layer: forward and forward+backward time and GFLOP/s, the float32 matmul GFLOP/s of this
 machine measured right before it (a 2048^3 sgemm, best of several), the ratio conv / matmul, and
-torch.nn.functional.conv2d on the same shapes when torch is importable.
+torch.nn.functional.conv2d / conv_transpose2d on the same shapes when torch is importable.
 
-FLOPs: forward = 2 * N * O * C * kh * kw * Hout * Wout; forward+backward = 3x that (dX and dW each
-cost one forward's worth). Times are the best of --repeat runs (other processes share the CPU).
+FLOPs: forward = 2 * N * O * C * kh * kw * Hout * Wout (deconvolution: the same with the roles of
+input and output swapped); forward+backward = 3x that (dX and dW each cost one forward's worth).
+Times are the best of --repeat runs (other processes share the CPU).
 
     python benchmarks/conv.py [--repeat 7] [--layers stem,3x3-64]
 """
@@ -19,16 +23,30 @@ import time
 
 import numpy as np
 
-from minimask.conv import conv2d_backward, conv2d_forward
+from minimask.conv import (
+    conv2d_backward,
+    conv2d_forward,
+    conv_transpose2d_backward,
+    conv_transpose2d_forward,
+)
 
-# name, C, O, k, stride, padding, H (= W) of the input
+# name, op ("conv" or "deconv"), N, C (input channels), O (output channels), k, stride, padding, H (= W)
 LAYERS = [
-    ("stem 7x7/2 3->64", 3, 64, 7, 2, 3, 512),
-    ("3x3 64->64 @128", 64, 64, 3, 1, 1, 128),
-    ("1x1 256->64 @128", 256, 64, 1, 1, 0, 128),
-    ("3x3 256->256 @32", 256, 256, 3, 1, 1, 32),
-    ("3x3 512->512 @16", 512, 512, 3, 1, 1, 16),
-    ("FPN 3x3 256->256 @128", 256, 256, 3, 1, 1, 128),
+    ("stem 7x7/2 3->64", "conv", 1, 3, 64, 7, 2, 3, 512),
+    ("3x3 64->64 @128", "conv", 1, 64, 64, 3, 1, 1, 128),
+    ("1x1 256->64 @128", "conv", 1, 256, 64, 1, 1, 0, 128),
+    ("3x3 256->256 @32", "conv", 1, 256, 256, 3, 1, 1, 32),
+    ("3x3 512->512 @16", "conv", 1, 512, 512, 3, 1, 1, 16),
+    ("FPN 3x3 256->256 @128", "conv", 1, 256, 256, 3, 1, 1, 128),
+    # batched small maps: the mask head on R RoIs, a batch of 8 small images
+    ("mask 3x3 256 @14 x100", "conv", 100, 256, 256, 3, 1, 1, 14),
+    ("mask 3x3 64 @14 x256", "conv", 256, 64, 64, 3, 1, 1, 14),
+    ("3x3 64->64 @32 x8", "conv", 8, 64, 64, 3, 1, 1, 32),
+    ("3x3 128->128 @16 x8", "conv", 8, 128, 128, 3, 1, 1, 16),
+    ("3x3 256->256 @8 x8", "conv", 8, 256, 256, 3, 1, 1, 8),
+    ("3x3/2 128->128 @16 x8", "conv", 8, 128, 128, 3, 2, 1, 16),
+    ("deconv 2x2/2 256 @14 x100", "deconv", 100, 256, 256, 2, 2, 0, 14),
+    ("mask 1x1 256->4 @28 x100", "conv", 100, 256, 4, 1, 1, 0, 28),
 ]
 
 
@@ -75,34 +93,40 @@ def torch_or_none():
 
 
 def bench_layer(layer, repeat, torch):
-    name, C, O, k, s, p, H = layer
+    name, op, N, C, O, k, s, p, H = layer
     rng = np.random.default_rng(0)
-    x = rng.standard_normal((1, C, H, H), dtype=np.float32)
-    w = (rng.standard_normal((O, C, k, k), dtype=np.float32) / np.sqrt(C * k * k)).astype(np.float32)
-    out, cache = conv2d_forward(x, w, None, stride=s, padding=p)
+    x = rng.standard_normal((N, C, H, H), dtype=np.float32)
+    w_shape = (O, C, k, k) if op == "conv" else (C, O, k, k)
+    w = (rng.standard_normal(w_shape, dtype=np.float32) / np.sqrt(C * k * k)).astype(np.float32)
+    forward, backward = ((conv2d_forward, conv2d_backward) if op == "conv"
+                         else (conv_transpose2d_forward, conv_transpose2d_backward))
+    out, cache = forward(x, w, None, stride=s, padding=p)
     g = np.ones_like(out)
-    Ho, Wo = out.shape[2:]
-    flops = 2 * O * C * k * k * Ho * Wo
+    # every (input channel, output channel, tap) pair costs a multiply-add per pixel of the conv2d-side
+    # output: conv2d's output, or the deconvolution's input (it is the input-gradient of a conv2d)
+    pixels = out.shape[2] * out.shape[3] if op == "conv" else H * H
+    flops = 2 * N * O * C * k * k * pixels
 
     def fwd_bwd():
-        _, c = conv2d_forward(x, w, None, stride=s, padding=p)
-        conv2d_backward(g, c)
+        _, c = forward(x, w, None, stride=s, padding=p)
+        backward(g, c)
 
     row = {"name": name, "flops": flops}
     row["mm"] = matmul_gflops(repeat)  # back-to-back with the conv, so both see the same machine load
-    row["fwd"] = best_of(lambda: conv2d_forward(x, w, None, stride=s, padding=p), repeat)
+    row["fwd"] = best_of(lambda: forward(x, w, None, stride=s, padding=p), repeat)
     row["fb"] = best_of(fwd_bwd, repeat)
     if torch is not None:
         tx = torch.tensor(x, requires_grad=True)
         tw = torch.tensor(w, requires_grad=True)
         tg = torch.tensor(g)
+        tf = torch.nn.functional.conv2d if op == "conv" else torch.nn.functional.conv_transpose2d
 
         def t_fwd():
             with torch.no_grad():
-                torch.nn.functional.conv2d(tx, tw, stride=s, padding=p)
+                tf(tx, tw, stride=s, padding=p)
 
         def t_fb():
-            torch.nn.functional.conv2d(tx, tw, stride=s, padding=p).backward(tg)
+            tf(tx, tw, stride=s, padding=p).backward(tg)
 
         row["t_fwd"] = best_of(t_fwd, repeat)
         row["t_fb"] = best_of(t_fb, repeat)
@@ -115,14 +139,14 @@ def main():
     ap.add_argument("--layers", default="", help="comma-separated substrings of layer names (default: all)")
     args = ap.parse_args()
     torch = torch_or_none()
-    print(f"numpy {np.__version__}, {platform.processor() or platform.machine()}, float32, batch 1")
+    print(f"numpy {np.__version__}, {platform.processor() or platform.machine()}, float32")
     for line in blas_info():
         print(line)
     print("FLOPs: fwd = 2*N*O*C*kh*kw*Hout*Wout; fwd+bwd = 3x fwd. Best of", args.repeat, "runs.")
     print("mm = 2048^3 sgemm GFLOP/s measured just before each layer; ratio = conv GFLOP/s / mm GFLOP/s.")
     if torch is None:
         print("torch not importable: torch columns left out")
-    head = f"{'layer':24s} {'fwd ms':>8s} {'GF/s':>6s} {'fwd+bwd ms':>11s} {'GF/s':>6s} {'mm GF/s':>8s} " \
+    head = f"{'layer':26s} {'fwd ms':>8s} {'GF/s':>6s} {'fwd+bwd ms':>11s} {'GF/s':>6s} {'mm GF/s':>8s} " \
            f"{'fwd/mm':>7s} {'fb/mm':>6s}"
     if torch is not None:
         head += f" {'torch fwd GF/s':>15s} {'torch fb GF/s':>14s}"
@@ -133,7 +157,7 @@ def main():
             continue
         r = bench_layer(layer, args.repeat, torch)
         f_gf, fb_gf = r["flops"] / r["fwd"] / 1e9, 3 * r["flops"] / r["fb"] / 1e9
-        line = (f"{r['name']:24s} {r['fwd'] * 1e3:8.2f} {f_gf:6.1f} {r['fb'] * 1e3:11.2f} {fb_gf:6.1f} "
+        line = (f"{r['name']:26s} {r['fwd'] * 1e3:8.2f} {f_gf:6.1f} {r['fb'] * 1e3:11.2f} {fb_gf:6.1f} "
                 f"{r['mm']:8.1f} {f_gf / r['mm']:7.0%} {fb_gf / r['mm']:6.0%}")
         if torch is not None:
             line += f" {r['flops'] / r['t_fwd'] / 1e9:15.1f} {3 * r['flops'] / r['t_fb'] / 1e9:14.1f}"

@@ -4,12 +4,15 @@ Shapes:  x (N, C, H, W); conv2d weight (O, C, kh, kw); conv_transpose2d weight (
          both as torch. Output size per axis: Hout = (H + 2p - d (k - 1) - 1) // s + 1 (torch's formula).
 Columns: im2col(x) is (N, C*kh*kw, Hout*Wout), rows ordered (c, i, j) like weight.reshape(O, -1), so
          conv2d = weight.reshape(O, -1) @ im2col(x), and col2im is its adjoint (overlapping patches add).
-Paths:   1x1 convs: a matmul on a reshape (stride 2: a strided slice first), no columns at all.
-         stride 1, k > 1: "shifted views": on the zero-padded input flattened to (C, Hp*Wp), kernel tap
-         (i, j) reads the contiguous range starting at i*dh*Wp + j*dw, a strided 2-D view BLAS reads in
-         place; the output is computed on the padded-width grid (Hout, Wp) and the extra columns dropped.
-         everything else (strided k > 1): im2col + ONE matmul per chunk of images (or output rows),
-         chunks sized so the column buffer stays under COL_BUDGET_BYTES.
+Paths:   (the GEMM code lives in conv_paths.py; `_choose_path` picks one per call, FORCE_PATH overrides)
+         "1x1"      a matmul per image on x as it is (stride 2: a strided slice first), no copies.
+         "shifted"  stride 1, k > 1: the batch stacked into one tall zero-padded grid, each kernel tap a
+                    shifted view of it (no copies); the grid's padding rows/columns are computed and dropped.
+         "im2col"   columns (C*kh*kw, N*Hout*Wout) for a whole chunk of images and ONE matmul; always
+                    correct, and the choice for strided kernels and for small maps where the shifted
+                    path would waste too much (see `_choose_path`).
+         The input gradient of a stride-1 conv is itself a stride-1 conv (of dY with the flipped kernel),
+         so it takes the same two paths; otherwise it is col2im(W^T @ dY).
 Memory:  the forward cache keeps only x and weight; backward recomputes what it needs.
 Adjoint: conv_transpose2d(x, w) is the input-gradient of conv2d with weight w, and vice versa.
 Chapter: nbs/01_convolution.ipynb
@@ -17,13 +20,14 @@ Chapter: nbs/01_convolution.ipynb
 
 from __future__ import annotations
 
-from . import init, tape
+from . import conv_paths, init, tape
 from .backend import get_array_module
+from .conv_paths import col2im_cf_add, im2col_cf, pad_or_crop
 from .module import Module, Parameter
 
-COL_BUDGET_BYTES = 1 << 30  # largest im2col buffer built at once; bigger batches go in chunks
-SHIFT_BLOCK_BYTES = 8 << 20  # shifted-view path: output columns are accumulated in blocks of this size
-SHIFT_MAX_WASTE = 0.1  # shifted-view path only while (Wp - Wout) / Wout stays below this
+FORCE_PATH = None  # None: choose per call; "shifted" (stride-1 convs) or "im2col" (all) force a path, for tests
+SHIFT_MAX_WASTE = 0.5  # never take the shifted path when more than this fraction of its outputs is dropped
+IM2COL_COPY_COST = 16.0  # im2col's copy costs about IM2COL_COPY_COST / O of its matmul (measured, see below)
 
 
 # --- settings and shapes ---------------------------------------------------------------------------
@@ -70,47 +74,7 @@ def _check_conv_inputs(x, weight, bias, what, channel_axis):
         raise ValueError(f"{what}: bias must have shape ({n_out},), got {tuple(bias.shape)}")
 
 
-def _pad_or_crop(x, ph, pw):
-    """Zero-pad the last two axes by (ph, pw) on each side; a negative amount crops instead."""
-    xp = get_array_module(x)
-    N, C, H, W = x.shape
-    out = xp.zeros((N, C, H + 2 * ph, W + 2 * pw), dtype=x.dtype)
-    ch, cw = max(0, -ph), max(0, -pw)
-    out[:, :, max(0, ph):max(0, ph) + H - 2 * ch, max(0, pw):max(0, pw) + W - 2 * cw] = (
-        x[:, :, ch:H - ch, cw:W - cw]
-    )
-    return out
-
-
-# --- im2col / col2im ---------------------------------------------------------------------------------
-def _im2col_padded(xpad, kernel, stride, dilation, out_hw):
-    """Columns of an already padded input: (N, C, Hp, Wp) -> (N, C*kh*kw, Hout*Wout).
-
-    One strided-slice copy per kernel tap (i, j): cols[:, :, i, j] = xpad[:, :, i*dh :: sh, j*dw :: sw].
-    """
-    xp = get_array_module(xpad)
-    N, C = xpad.shape[:2]
-    (kh, kw), (sh, sw), (dh, dw), (Ho, Wo) = kernel, stride, dilation, out_hw
-    cols = xp.empty((N, C, kh, kw, Ho, Wo), dtype=xpad.dtype)
-    for i in range(kh):
-        for j in range(kw):
-            r, c = i * dh, j * dw
-            cols[:, :, i, j] = xpad[:, :, r:r + sh * (Ho - 1) + 1:sh, c:c + sw * (Wo - 1) + 1:sw]
-    return cols.reshape(N, C * kh * kw, Ho * Wo)
-
-
-def _col2im_padded_add(cols, dxpad, kernel, stride, dilation, out_hw):
-    """Adjoint of `_im2col_padded`: add each tap's columns back into the padded gradient, in place."""
-    N, C = dxpad.shape[:2]
-    (kh, kw), (sh, sw), (dh, dw), (Ho, Wo) = kernel, stride, dilation, out_hw
-    cols = cols.reshape(N, C, kh, kw, Ho, Wo)
-    for i in range(kh):  # taps overlap when stride < dilated kernel: they must add, never assign
-        for j in range(kw):
-            r, c = i * dh, j * dw
-            dxpad[:, :, r:r + sh * (Ho - 1) + 1:sh, c:c + sw * (Wo - 1) + 1:sw] += cols[:, :, i, j]
-    return dxpad
-
-
+# --- im2col / col2im (the public, per-image layout; the paths use the channels-first one) -----------------
 def im2col(x, kernel_size, stride=1, padding=0, dilation=1):
     """Patch matrix: x (N, C, H, W) -> (N, C*kh*kw, Hout*Wout), column l = the patch under output pixel l.
 
@@ -122,7 +86,9 @@ def im2col(x, kernel_size, stride=1, padding=0, dilation=1):
     if x.ndim != 4:
         raise ValueError(f"im2col: input must be (N, C, H, W), got shape {tuple(x.shape)}")
     out_hw = _output_hw(x.shape, (None, x.shape[1]) + k, k, s, p, d)
-    return _im2col_padded(_pad_or_crop(x, *p), k, s, d, out_hw)
+    xp = get_array_module(x)
+    cols = im2col_cf(conv_paths.padded_channels_first(x, p), k, s, d, out_hw)  # (C*kh*kw, N*L)
+    return xp.ascontiguousarray(cols.reshape(cols.shape[0], x.shape[0], -1).transpose(1, 0, 2))
 
 
 def col2im(cols, x_shape, kernel_size, stride=1, padding=0, dilation=1):
@@ -138,191 +104,125 @@ def col2im(cols, x_shape, kernel_size, stride=1, padding=0, dilation=1):
     if tuple(cols.shape) != (N, C * k[0] * k[1], out_hw[0] * out_hw[1]):
         raise ValueError(f"col2im: columns {tuple(cols.shape)} do not fit input {tuple(x_shape)}, kernel {k}")
     xp = get_array_module(cols)
-    dxpad = xp.zeros((N, C, H + 2 * p[0], W + 2 * p[1]), dtype=cols.dtype)
-    _col2im_padded_add(cols, dxpad, k, s, d, out_hw)
-    return dxpad[:, :, p[0]:p[0] + H, p[1]:p[1] + W]
+    dxpad = xp.zeros((C, N, H + 2 * p[0], W + 2 * p[1]), dtype=cols.dtype)
+    col2im_cf_add(cols.transpose(1, 0, 2), dxpad, k, s, d, out_hw)  # channels-first (C*kh*kw, N, L)
+    return conv_paths.batch_first(dxpad[:, :, p[0]:p[0] + H, p[1]:p[1] + W])
 
 
-def _chunks(N, out_hw, col_rows, itemsize):
-    """Yield (n0, n1, r0, r1): images [n0, n1) and output rows [r0, r1) whose columns fit the budget."""
-    Ho, Wo = out_hw
-    row_bytes = col_rows * Wo * itemsize  # one output row of one image
-    per_image = row_bytes * Ho
-    if per_image <= COL_BUDGET_BYTES:
-        nb = max(1, COL_BUDGET_BYTES // max(per_image, 1))
-        for n0 in range(0, N, nb):
-            yield n0, min(N, n0 + nb), 0, Ho
-    else:  # one image is too big: split its output rows
-        rb = max(1, COL_BUDGET_BYTES // row_bytes)
-        for n in range(N):
-            for r0 in range(0, Ho, rb):
-                yield n, n + 1, r0, min(Ho, r0 + rb)
+# --- choosing a path -------------------------------------------------------------------------------------
+def _choose_path(x_shape, n_out, kernel, stride, padding, dilation):
+    """"1x1", "shifted" or "im2col" for conv2d of x_shape with n_out output channels (FORCE_PATH overrides).
 
-
-def _row_slice(r0, r1, s, d, k):
-    """Padded-input rows read by output rows [r0, r1)."""
-    return slice(r0 * s, (r1 - 1) * s + d * (k - 1) + 1)
-
-
-# --- the shifted-view path (stride 1) --------------------------------------------------------------
-def _padded_grid(xp, C, Hp, Wp, dtype):
-    """A zero (C, Hp + 1, Wp) buffer: the extra row lets the last taps' views run past Hp*Wp."""
-    return xp.zeros((C, Hp + 1, Wp), dtype=dtype)
-
-
-def _shifted_conv(x, weight, padding, dilation):
-    """Stride-1 conv2d without im2col. x (N, C, H, W), weight (O, C, kh, kw); padding may be negative (crop).
-
-    out[:, r*Wp + c] = sum over taps (i, j) of weight[:, :, i, j] @ flat[:, (r + i dh) * Wp + c + j dw]:
-    each tap is one matmul on a view of the flattened padded input; columns c >= Wout are dropped.
+    Cost model, in units of the conv's own matmul: the shifted path computes 1 / (1 - waste) of it
+    (waste = the dropped share of its grid, conv_paths.shifted_waste); im2col computes exactly it plus a
+    copy of kh*kw times the input, which costs about IM2COL_COPY_COST / n_out of it (one copied element
+    against 2 * n_out multiply-adds per column; measured on OpenBLAS: 100 RoIs x 256 ch x 14x14 -> im2col,
+    64 ch or 32x32 maps -> shifted). The cheaper one wins.
     """
-    xp = get_array_module(x)
-    N, C, H, W = x.shape
+    H, W = x_shape[2:]
+    stride1 = stride == (1, 1)
+    if FORCE_PATH == "im2col" or (FORCE_PATH == "shifted" and stride1):
+        return FORCE_PATH
+    if kernel == (1, 1):
+        return "1x1"
+    if not stride1:
+        return "im2col"
+    waste = conv_paths.shifted_waste(H, W, kernel, padding, dilation)
+    shifted_extra = waste / (1 - waste) if waste < SHIFT_MAX_WASTE else float("inf")
+    return "shifted" if shifted_extra < IM2COL_COPY_COST / n_out else "im2col"
+
+
+def _stride1_conv(x, weight, padding, dilation):
+    """A stride-1 conv2d on the path `_choose_path` picks (padding may be negative: it crops)."""
+    x, padding = conv_paths.crop_negative_padding(x, padding)
     O, _, kh, kw = weight.shape
-    (ph, pw), (dh, dw) = padding, dilation
-    Hp, Wp = H + 2 * ph, W + 2 * pw
-    Ho, Wo = Hp - dh * (kh - 1), Wp - dw * (kw - 1)
-    L = Ho * Wp  # outputs on the padded-width grid
-    taps = xp.ascontiguousarray(weight.transpose(2, 3, 0, 1)).reshape(kh * kw, O, C)
-    offsets = [i * dh * Wp + j * dw for i in range(kh) for j in range(kw)]
-    grid = _padded_grid(xp, C, Hp, Wp, x.dtype)  # borders stay zero; the interior is rewritten per image
-    flat = grid.reshape(C, (Hp + 1) * Wp)
-    ch, cw = max(0, -ph), max(0, -pw)
-    block = max(Wp, min(L, SHIFT_BLOCK_BYTES // (O * x.dtype.itemsize)))
-    acc = xp.empty((O, L), dtype=x.dtype)
-    tmp = xp.empty((O, min(block, L)), dtype=x.dtype)
-    out = xp.empty((N, O, Ho, Wo), dtype=x.dtype)
-    for n in range(N):
-        grid[:, max(0, ph):max(0, ph) + H - 2 * ch, max(0, pw):max(0, pw) + W - 2 * cw] = (
-            x[n, :, ch:H - ch, cw:W - cw]
-        )
-        for l0 in range(0, L, block):
-            l1 = min(L, l0 + block)
-            a, t = acc[:, l0:l1], tmp[:, :l1 - l0]
-            xp.matmul(taps[0], flat[:, offsets[0] + l0:offsets[0] + l1], out=a)
-            for tap in range(1, kh * kw):  # (O, C) @ (C, l1 - l0), a view with leading dimension (Hp+1)*Wp
-                xp.matmul(taps[tap], flat[:, offsets[tap] + l0:offsets[tap] + l1], out=t)
-                a += t
-        out[n] = acc.reshape(O, Ho, Wp)[:, :, :Wo]
-    return out
+    path = _choose_path(x.shape, O, (kh, kw), (1, 1), padding, dilation)
+    out_hw = _output_hw(x.shape, weight.shape, (kh, kw), (1, 1), padding, dilation)
+    if path == "1x1":
+        return _pointwise_conv(x, weight, (1, 1), padding, out_hw)
+    if path == "shifted":
+        return conv_paths.shifted_conv(x, weight, padding, dilation)
+    return conv_paths.im2col_conv(x, weight, (1, 1), padding, dilation, out_hw)
 
 
-def _shifted_weight_grad(x, dout, kernel, padding, dilation):
-    """Stride-1 weight gradient without im2col, one matmul per kernel row i.
-
-    Z stacks kw shifted copies of the flattened padded input: Z[(c, j), :] = flat[c, j*dw:]. Then the
-    K index (c, j) has one stride, and row i of the kernel is the view Z[:, i*dh*Wp : i*dh*Wp + L]:
-    dW[:, :, i, :] = sum_n dY_n (O, L) @ view^T (L, C*kw). kw copies of the input instead of kh*kw.
-    """
-    xp = get_array_module(x)
-    N, C, H, W = x.shape
-    O, Ho, Wo = dout.shape[1:]
-    (kh, kw), (ph, pw), (dh, dw) = kernel, padding, dilation
-    Hp, Wp = H + 2 * ph, W + 2 * pw
-    L = Ho * Wp
-    Lz = (Hp + 1) * Wp - dw * (kw - 1)
-    grid = _padded_grid(xp, C, Hp, Wp, x.dtype)
-    flat = grid.reshape(C, (Hp + 1) * Wp)
-    Z = xp.empty((C, kw, Lz), dtype=x.dtype)
-    Z2 = Z.reshape(C * kw, Lz)
-    dy = xp.zeros((O, Ho, Wp), dtype=x.dtype)  # padded-width grid; the extra columns must stay zero
-    dyf = dy.reshape(O, L)
-    dW = xp.zeros((kh, O, C * kw), dtype=x.dtype)
-    t = xp.empty((O, C * kw), dtype=x.dtype)
-    for n in range(N):
-        grid[:, ph:ph + H, pw:pw + W] = x[n]
-        dy[:, :, :Wo] = dout[n]
-        for j in range(kw):
-            Z[:, j] = flat[:, j * dw:j * dw + Lz]
-        for i in range(kh):
-            xp.matmul(dyf, Z2[:, i * dh * Wp:i * dh * Wp + L].T, out=t)  # (O, L) @ (L, C*kw)
-            dW[i] += t
-    return dW.reshape(kh, O, C, kw).transpose(1, 2, 0, 3)
+# --- 1x1 convolutions: per-image matmuls on x as it is ---------------------------------------------------
+def _pointwise_pixels(x, stride, padding, out_hw):
+    """The input pixels a 1x1 conv reads, (N, C, Ho, Wo): pad (or crop), keep every stride-th row/column."""
+    xs = pad_or_crop(x, *padding) if max(padding) != 0 else x
+    return xs[:, :, :stride[0] * (out_hw[0] - 1) + 1:stride[0], :stride[1] * (out_hw[1] - 1) + 1:stride[1]]
 
 
-def _use_shifted(W, kernel, stride, padding, dilation):
-    """Stride-1 k>1 convs take the shifted-view path unless its wasted columns exceed SHIFT_MAX_WASTE."""
-    if stride != (1, 1) or kernel == (1, 1):
-        return False
-    wasted = dilation[1] * (kernel[1] - 1)  # Wp - Wout
-    return wasted <= SHIFT_MAX_WASTE * (W + 2 * padding[1] - wasted)
+def _pointwise_conv(x, weight, stride, padding, out_hw):
+    """out[n] = W (O, C) @ x[n] (C, Ho*Wo): one matmul per image, no copy of x when stride and padding are trivial."""
+    xp = get_array_module(x, weight)
+    N, C = x.shape[:2]
+    O = weight.shape[0]
+    xs = _pointwise_pixels(x, stride, padding, out_hw)
+    out = xp.matmul(weight.reshape(O, C), xs.reshape(N, C, -1))  # (O, C) @ (N, C, L) -> (N, O, L)
+    return out.reshape((N, O) + tuple(out_hw))
+
+
+def _pointwise_weight_grad(x, dout, stride, padding):
+    """dW (O, C) = sum over images of dY[n] (O, L) @ x[n]^T (L, C), accumulated in place (no (N, O, C) stack)."""
+    xp = get_array_module(x, dout)
+    N, O = dout.shape[:2]
+    C = x.shape[1]
+    xs = _pointwise_pixels(x, stride, padding, dout.shape[2:]).reshape(N, C, -1)
+    dy = dout.reshape(N, O, -1)
+    dW = xp.matmul(dy[0], xs[0].T)
+    tmp = xp.empty_like(dW)
+    for n in range(1, N):
+        xp.matmul(dy[n], xs[n].T, out=tmp)
+        dW += tmp
+    return dW.reshape(O, C, 1, 1)
 
 
 # --- conv2d ------------------------------------------------------------------------------------------
 def _conv2d_core(x, weight, stride, padding, dilation):
-    """conv2d without bias or checks: picks the 1x1, shifted-view or im2col path."""
-    xp = get_array_module(x, weight)
-    N, C, H, W = x.shape
+    """conv2d without bias or checks, on the path `_choose_path` picks."""
     O, _, kh, kw = weight.shape
-    Ho, Wo = _output_hw(x.shape, weight.shape, (kh, kw), stride, padding, dilation)
-    if kh == kw == 1:  # 1x1: a strided slice (stride > 1), then one matmul per image
-        xs = _pad_or_crop(x, *padding) if max(padding) > 0 else x
-        xs = xs[:, :, :stride[0] * (Ho - 1) + 1:stride[0], :stride[1] * (Wo - 1) + 1:stride[1]]
-        out = xp.matmul(weight.reshape(O, C), xs.reshape(N, C, Ho * Wo))  # (O, C) @ (N, C, L)
-        return out.reshape(N, O, Ho, Wo)
-    if _use_shifted(W, (kh, kw), stride, padding, dilation):
-        return _shifted_conv(x, weight, padding, dilation)
-    xpad = _pad_or_crop(x, *padding)
-    w2 = weight.reshape(O, C * kh * kw)
-    out = xp.empty((N, O, Ho, Wo), dtype=x.dtype)
-    for n0, n1, r0, r1 in _chunks(N, (Ho, Wo), C * kh * kw, x.dtype.itemsize):
-        rows = _row_slice(r0, r1, stride[0], dilation[0], kh)
-        cols = _im2col_padded(xpad[n0:n1, :, rows], (kh, kw), stride, dilation, (r1 - r0, Wo))
-        out[n0:n1, :, r0:r1] = xp.matmul(w2, cols).reshape(n1 - n0, O, r1 - r0, Wo)  # ONE matmul per chunk
-    return out
+    out_hw = _output_hw(x.shape, weight.shape, (kh, kw), stride, padding, dilation)
+    if stride == (1, 1):
+        return _stride1_conv(x, weight, padding, dilation)
+    if _choose_path(x.shape, O, (kh, kw), stride, padding, dilation) == "1x1":
+        return _pointwise_conv(x, weight, stride, padding, out_hw)
+    return conv_paths.im2col_conv(x, weight, stride, padding, dilation, out_hw)
 
 
 def _conv2d_input_grad(dout, weight, x_shape, stride, padding, dilation):
-    """dX of conv2d: col2im(W^T @ dY). Also the forward of conv_transpose2d. dout (N, O, Ho, Wo)."""
+    """dX of conv2d, dout (N, O, Ho, Wo) -> (N, C, H, W). Also the forward of conv_transpose2d.
+
+    Stride 1: a stride-1 conv of dY with the flipped kernel (either path). 1x1: W^T @ dY per image.
+    Otherwise col2im(W^T @ dY) on the im2col path.
+    """
     xp = get_array_module(dout, weight)
     N, C, H, W = x_shape
     O, _, kh, kw = weight.shape
     Ho, Wo = dout.shape[2:]
     (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
     exact = Ho + dh * (kh - 1) == H + 2 * ph and Wo + dw * (kw - 1) == W + 2 * pw  # no output_padding
-    if exact and _use_shifted(W, (kh, kw), stride, padding, dilation):
-        # stride 1: dX is the full correlation of dY with the flipped, transposed kernel
-        flipped = weight[:, :, ::-1, ::-1].transpose(1, 0, 2, 3)  # (C, O, kh, kw)
-        return _shifted_conv(dout, flipped, (dh * (kh - 1) - ph, dw * (kw - 1) - pw), dilation)
-    dxpad = xp.zeros((N, C, H + 2 * ph, W + 2 * pw), dtype=dout.dtype)
-    Hp, Wp = dxpad.shape[2:]
-    if (kh, kw) == (sh, sw) and (dh, dw) == (1, 1) and Hp == kh * Ho and Wp == kw * Wo:
-        # non-overlapping patches (e.g. the mask head's 2x2 stride-2 deconv): one matmul + a transpose
-        cols = xp.matmul(weight.reshape(O, C * kh * kw).T, dout.reshape(N, O, Ho * Wo))  # (N, C*kh*kw, L)
-        dxpad[:] = cols.reshape(N, C, kh, kw, Ho, Wo).transpose(0, 1, 4, 2, 5, 3).reshape(N, C, Hp, Wp)
-    elif (kh, kw) == (1, 1):
+    if stride == (1, 1) and exact:
+        # stride 1: dX is the full correlation of dY with the flipped, transposed kernel, itself a conv
+        flipped = xp.ascontiguousarray(weight[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))  # (C, O, kh, kw)
+        return _stride1_conv(dout, flipped, (dh * (kh - 1) - ph, dw * (kw - 1) - pw), dilation)
+    if (kh, kw) == (1, 1) and _choose_path(x_shape, O, (1, 1), stride, padding, dilation) == "1x1":
+        # 1x1: dX[n] = W^T (C, O) @ dY[n] (O, L), written onto the pixels the forward read
         g = xp.matmul(weight.reshape(O, C).T, dout.reshape(N, O, Ho * Wo)).reshape(N, C, Ho, Wo)
+        dxpad = xp.zeros((N, C, H + 2 * ph, W + 2 * pw), dtype=dout.dtype)
         dxpad[:, :, :sh * (Ho - 1) + 1:sh, :sw * (Wo - 1) + 1:sw] = g
-    else:
-        w2t = weight.reshape(O, C * kh * kw).T
-        for n0, n1, r0, r1 in _chunks(N, (Ho, Wo), C * kh * kw, dout.dtype.itemsize):
-            cols = xp.matmul(w2t, dout[n0:n1, :, r0:r1].reshape(n1 - n0, O, (r1 - r0) * Wo))
-            rows = _row_slice(r0, r1, sh, dh, kh)
-            _col2im_padded_add(cols, dxpad[n0:n1, :, rows], (kh, kw), stride, dilation, (r1 - r0, Wo))
-    return dxpad[:, :, ph:ph + H, pw:pw + W]
+        return dxpad[:, :, ph:ph + H, pw:pw + W]
+    return conv_paths.im2col_input_grad(dout, weight, x_shape, stride, padding, dilation)
 
 
 def _conv2d_weight_grad(x, dout, w_shape, stride, padding, dilation):
-    """dW of conv2d: sum over images of dY (O, L) @ cols^T (L, C*kh*kw), cols recomputed."""
-    xp = get_array_module(x, dout)
-    N, C, H, W = x.shape
+    """dW of conv2d: dY (O, N*L) @ cols^T (N*L, C*kh*kw), on the path the forward took."""
     O, _, kh, kw = w_shape
-    Ho, Wo = dout.shape[2:]
-    if kh == kw == 1:
-        xs = _pad_or_crop(x, *padding) if max(padding) > 0 else x
-        xs = xs[:, :, :stride[0] * (Ho - 1) + 1:stride[0], :stride[1] * (Wo - 1) + 1:stride[1]]
-        dW = xp.matmul(dout.reshape(N, O, Ho * Wo), xs.reshape(N, C, Ho * Wo).transpose(0, 2, 1)).sum(axis=0)
-        return dW.reshape(O, C, 1, 1)
-    if _use_shifted(W, (kh, kw), stride, padding, dilation):
-        return _shifted_weight_grad(x, dout, (kh, kw), padding, dilation)
-    xpad = _pad_or_crop(x, *padding)
-    dW = xp.zeros((O, C * kh * kw), dtype=x.dtype)
-    for n0, n1, r0, r1 in _chunks(N, (Ho, Wo), C * kh * kw, x.dtype.itemsize):
-        rows = _row_slice(r0, r1, stride[0], dilation[0], kh)
-        cols = _im2col_padded(xpad[n0:n1, :, rows], (kh, kw), stride, dilation, (r1 - r0, Wo))
-        dy = dout[n0:n1, :, r0:r1].reshape(n1 - n0, O, (r1 - r0) * Wo)
-        dW += xp.matmul(dy, cols.transpose(0, 2, 1)).sum(axis=0)  # (O, L) @ (L, C*kh*kw) per image
-    return dW.reshape(O, C, kh, kw)
+    path = _choose_path(x.shape, O, (kh, kw), stride, padding, dilation)
+    if path == "1x1":
+        return _pointwise_weight_grad(x, dout, stride, padding)
+    if path == "shifted":
+        return conv_paths.shifted_weight_grad(x, dout, (kh, kw), padding, dilation)
+    return conv_paths.im2col_weight_grad(x, dout, w_shape, stride, padding, dilation)
 
 
 def _settings(stride, padding, dilation):

@@ -9,6 +9,7 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 
 import minimask.conv as conv
+import minimask.conv_paths as conv_paths
 from minimask.conv import (
     Conv2d,
     ConvTranspose2d,
@@ -71,17 +72,17 @@ def naive_conv_transpose2d(x, w, b, stride, padding, output_padding, dilation):
 
 
 @contextlib.contextmanager
-def forced_path(shifted):
-    """Force stride-1 convs through the shifted-view path (True) or the im2col path (False)."""
-    old = conv.SHIFT_MAX_WASTE
-    conv.SHIFT_MAX_WASTE = 1e9 if shifted else -1.0
+def forced_path(path):
+    """Run conv2d / conv_transpose2d on one path: None (the automatic choice), "shifted" or "im2col"."""
+    old = conv.FORCE_PATH
+    conv.FORCE_PATH = path
     try:
         yield
     finally:
-        conv.SHIFT_MAX_WASTE = old
+        conv.FORCE_PATH = old
 
 
-BOTH_PATHS = (True, False)
+PATHS = (None, "shifted", "im2col")
 
 
 # --- strategies -------------------------------------------------------------------------------------
@@ -128,8 +129,8 @@ def transpose_case(draw, max_hw=6):
 def test_conv2d_matches_nested_loops(case):
     x, w, b, kw = case
     ref = naive_conv2d(x, w, b, **kw)
-    for shifted in BOTH_PATHS:
-        with forced_path(shifted):
+    for path in PATHS:
+        with forced_path(path):
             out, _ = conv2d_forward(x, w, b, **kw)
         # float64 both sides: only summation-order rounding differs
         np.testing.assert_allclose(out, ref, rtol=1e-10, atol=1e-10)
@@ -139,26 +140,49 @@ def test_conv2d_matches_nested_loops(case):
 def test_conv_transpose2d_matches_nested_loops(case):
     x, w, b, kw = case
     ref = naive_conv_transpose2d(x, w, b, **kw)
-    for shifted in BOTH_PATHS:
-        with forced_path(shifted):
+    for path in PATHS:
+        with forced_path(path):
             out, _ = conv_transpose2d_forward(x, w, b, **kw)
         np.testing.assert_allclose(out, ref, rtol=1e-10, atol=1e-10)
 
 
-def test_fast_paths_match_nested_loops(rng):
-    """The specialised paths (1x1 strided, 3x3 shifted views, 2x2/2 deconvolution) at default settings."""
-    x = rng.standard_normal((2, 4, 7, 60))  # wide enough that stride-1 convs pick the shifted views
-    for k, s, p, d in [(1, 2, 0, 1), (1, 1, 1, 1), (3, 1, 1, 1), (3, 1, 2, 2), (5, 1, 0, 1), (7, 2, 3, 1)]:
-        w = rng.standard_normal((3, 4, k, k))
+def test_automatic_path_choice():
+    """The cost model sends the shapes of the benchmark where they measured fastest."""
+    choose = lambda shape, O, k, s=1, p=1: conv._choose_path(shape, O, (k, k), (s, s), (p, p), (1, 1))
+    assert choose((1, 256, 128, 128), 256, 3) == "shifted"  # big map: ~1.5% of the grid wasted
+    assert choose((8, 64, 32, 32), 64, 3) == "shifted"  # 6% wasted, im2col's copy ~ 16/64 of the matmul
+    assert choose((100, 256, 14, 14), 256, 3) == "im2col"  # 13% wasted > the copy's 16/256
+    assert choose((8, 256, 8, 8), 256, 3) == "im2col"
+    assert choose((8, 64, 32, 32), 64, 3, s=2) == "im2col"  # strided: the only choice
+    assert choose((8, 256, 32, 32), 64, 1, p=0) == "1x1"
+    assert choose((8, 256, 32, 32), 64, 1, s=2, p=0) == "1x1"
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_batched_small_maps_match_nested_loops(rng, path):
+    """Many small maps (the mask head's RoIs), 14x14 at sizes the tests can afford, on every path."""
+    x = rng.standard_normal((5, 3, 6, 5))
+    for k, s, p, d in [(1, 1, 0, 1), (1, 2, 1, 1), (3, 1, 1, 1), (3, 1, 2, 2), (3, 2, 1, 1), (5, 1, 0, 1)]:
+        w = rng.standard_normal((4, 3, k, k))
+        b = rng.standard_normal(4)
         kw = dict(stride=(s, s), padding=(p, p), dilation=(d, d))
-        if s == 1 and k > 1:
-            assert conv._use_shifted(x.shape[3], (k, k), (1, 1), (p, p), (d, d))
-        np.testing.assert_allclose(conv2d_forward(x, w, None, **kw)[0], naive_conv2d(x, w, None, **kw),
-                                   rtol=1e-10, atol=1e-10)
-    wt = rng.standard_normal((4, 3, 2, 2))
+        with forced_path(path):
+            out, cache = conv2d_forward(x, w, b, **kw)
+            g = rng.standard_normal(out.shape)
+            dx, dw, db = conv2d_backward(g, cache)
+        np.testing.assert_allclose(out, naive_conv2d(x, w, b, **kw), rtol=1e-10, atol=1e-10)
+        # the gradients against the linear maps they are, built from the nested-loop conv: <conv(x), g>
+        # is linear in x and in w, so d/dx and d/dw equal the naive conv's values on unit inputs
+        basis_w = np.eye(w.size).reshape((w.size,) + w.shape)
+        ref_dw = np.array([np.sum(naive_conv2d(x, e, None, **kw) * g) for e in basis_w]).reshape(w.shape)
+        np.testing.assert_allclose(dw, ref_dw, rtol=1e-9, atol=1e-9)
+        np.testing.assert_allclose(db, g.sum(axis=(0, 2, 3)), rtol=1e-10, atol=1e-10)
+        assert dx.shape == x.shape
+    wt = rng.standard_normal((3, 4, 2, 2))
     kw = dict(stride=(2, 2), padding=(0, 0), output_padding=(0, 0), dilation=(1, 1))
-    np.testing.assert_allclose(conv_transpose2d_forward(x, wt, None, **kw)[0],
-                               naive_conv_transpose2d(x, wt, None, **kw), rtol=1e-10, atol=1e-10)
+    with forced_path(path):  # the 2x2/2 deconvolution: non-overlapping patches
+        out_t = conv_transpose2d_forward(x, wt, None, **kw)[0]
+    np.testing.assert_allclose(out_t, naive_conv_transpose2d(x, wt, None, **kw), rtol=1e-10, atol=1e-10)
 
 
 def test_im2col_layout_and_col2im_counts():
@@ -190,8 +214,8 @@ def test_conv2d_gradcheck(case):
     x, w, b, kw = case
     inputs = [x, w, b]
     wrt = [0, 1] + ([2] if b is not None else [])
-    for shifted in BOTH_PATHS:
-        with forced_path(shifted):
+    for path in PATHS:
+        with forced_path(path):
             gradcheck(conv2d_forward, conv2d_backward, inputs, wrt=wrt, settings=kw, max_checks=40)
 
 
@@ -199,8 +223,8 @@ def test_conv2d_gradcheck(case):
 def test_conv_transpose2d_gradcheck(case):
     x, w, b, kw = case
     wrt = [0, 1] + ([2] if b is not None else [])
-    for shifted in BOTH_PATHS:
-        with forced_path(shifted):
+    for path in PATHS:
+        with forced_path(path):
             gradcheck(conv_transpose2d_forward, conv_transpose2d_backward, [x, w, b], wrt=wrt, settings=kw,
                       max_checks=40)
 
@@ -208,8 +232,8 @@ def test_conv_transpose2d_gradcheck(case):
 @given(conv_case())
 def test_conv2d_adjoint_in_x_and_w(case):
     x, w, _, kw = case
-    for shifted in BOTH_PATHS:
-        with forced_path(shifted):
+    for path in PATHS:
+        with forced_path(path):
             adjoint_check(conv2d_forward, conv2d_backward, [x, w, None], wrt=0, settings=kw)
             adjoint_check(conv2d_forward, conv2d_backward, [x, w, None], wrt=1, settings=kw)
 
@@ -217,8 +241,8 @@ def test_conv2d_adjoint_in_x_and_w(case):
 @given(transpose_case())
 def test_conv_transpose2d_adjoint_in_x_and_w(case):
     x, w, _, kw = case
-    for shifted in BOTH_PATHS:
-        with forced_path(shifted):
+    for path in PATHS:
+        with forced_path(path):
             adjoint_check(conv_transpose2d_forward, conv_transpose2d_backward, [x, w, None], wrt=0, settings=kw)
             adjoint_check(conv_transpose2d_forward, conv_transpose2d_backward, [x, w, None], wrt=1, settings=kw)
 
@@ -236,36 +260,43 @@ def test_conv_transpose2d_is_conv2d_input_gradient(case):
         for a in (0, 1)
     )
     assert min(op) >= 0
-    for shifted in BOTH_PATHS:
-        with forced_path(shifted):
+    for path in PATHS:
+        with forced_path(path):
             t, _ = conv_transpose2d_forward(y, w, None, output_padding=op, **kw)
         np.testing.assert_allclose(t, dx, rtol=1e-12, atol=1e-12)
 
 
 # --- chunking, dtypes, errors ---------------------------------------------------------------------------
-@pytest.mark.parametrize("budget", [64, 6000])  # 64 B: one output row per chunk; 6000 B: two images
-def test_chunked_path_equals_unchunked(monkeypatch, rng, budget):
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("budget", [64, 6000])  # 64 B: one output row / image per chunk; 6000 B: two images
+def test_chunked_path_equals_unchunked(monkeypatch, rng, budget, path):
     x = rng.standard_normal((3, 2, 9, 8))
     w = rng.standard_normal((4, 2, 3, 3))
     b = rng.standard_normal(4)
-    kw = dict(stride=2, padding=1, dilation=1)
     wt = rng.standard_normal((2, 4, 3, 3))
-    ref, cache = conv2d_forward(x, w, b, **kw)
-    g = rng.standard_normal(ref.shape)
-    ref_grads = conv2d_backward(g, cache)
-    ref_t, cache_t = conv_transpose2d_forward(x, wt, b, output_padding=1, **kw)
-    gt = rng.standard_normal(ref_t.shape)
-    ref_t_grads = conv_transpose2d_backward(gt, cache_t)
-    monkeypatch.setattr(conv, "COL_BUDGET_BYTES", budget)
-    assert len(list(conv._chunks(3, ref.shape[2:], 2 * 9, 8))) > 1  # really chunked
-    out, cache = conv2d_forward(x, w, b, **kw)
-    np.testing.assert_allclose(out, ref, rtol=1e-12, atol=1e-12)
-    for a, r in zip(conv2d_backward(g, cache), ref_grads, strict=True):
-        np.testing.assert_allclose(a, r, rtol=1e-12, atol=1e-12)
-    out_t, cache_t = conv_transpose2d_forward(x, wt, b, output_padding=1, **kw)
-    np.testing.assert_allclose(out_t, ref_t, rtol=1e-12, atol=1e-12)
-    for a, r in zip(conv_transpose2d_backward(gt, cache_t), ref_t_grads, strict=True):
-        np.testing.assert_allclose(a, r, rtol=1e-12, atol=1e-12)
+    for kw in [dict(stride=2, padding=1, dilation=1), dict(stride=1, padding=1, dilation=2)]:
+        op = kw["stride"] - 1
+        with forced_path(path):
+            ref, cache = conv2d_forward(x, w, b, **kw)
+            g = rng.standard_normal(ref.shape)
+            ref_grads = conv2d_backward(g, cache)
+            ref_t, cache_t = conv_transpose2d_forward(x, wt, b, output_padding=op, **kw)
+            gt = rng.standard_normal(ref_t.shape)
+            ref_t_grads = conv_transpose2d_backward(gt, cache_t)
+            with monkeypatch.context() as m:
+                m.setattr(conv_paths, "COL_BUDGET_BYTES", budget)
+                assert len(list(conv_paths.col_chunks(3, ref.shape[2:], 2 * 9, 8))) > 1  # really chunked
+                # the shifted path's tall grid for the dilated case: (C + O) * Hs * P floats per image
+                assert len(list(conv_paths.image_chunks(3, (2 + 4) * 10 * 9 * 8))) > 1
+                out, cache = conv2d_forward(x, w, b, **kw)
+                grads = conv2d_backward(g, cache)
+                out_t, cache_t = conv_transpose2d_forward(x, wt, b, output_padding=op, **kw)
+                t_grads = conv_transpose2d_backward(gt, cache_t)
+        # float64, the same products summed in a different grouping
+        np.testing.assert_allclose(out, ref, rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(out_t, ref_t, rtol=1e-12, atol=1e-12)
+        for a, r in zip(grads + t_grads, ref_grads + ref_t_grads, strict=True):
+            np.testing.assert_allclose(a, r, rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("k,s,p", [(1, 1, 0), (1, 2, 0), (3, 1, 1), (3, 2, 1), (2, 2, 0)])
