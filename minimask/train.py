@@ -55,7 +55,7 @@ class TrainConfig:
     model: str = "small"                # "small" (ResNet-18-FPN, group norm, narrow) | "resnet50_fpn"
     backbone: str = "resnet18"          # small model: resnet18 | resnet34 | resnet50 | resnet101
     width: int = 64                     # small model: FPN / head channels
-    base_width: int = 64                # small model: trunk stem width (stage k: base_width * 2^k channels)
+    base_width: int = 32                # small model: trunk stem width (stage k: base_width * 2^k channels)
     norm: str = "group_norm"            # "group_norm" trains from scratch; "frozen_bn" needs pretrained weights
     min_size: int = 128                 # input transform: short side
     max_size: int = 128                 # input transform: cap on the long side
@@ -66,8 +66,8 @@ class TrainConfig:
     lr: float = 0.02                    # base learning rate (after warmup)
     momentum: float = 0.9               # SGD momentum
     weight_decay: float = 1e-4          # L2 on weights; 0 on normalisation parameters
-    iterations: int = 2000              # training iterations (batches)
-    milestones: tuple = (1500, 1800)    # iterations where the LR is multiplied by `gamma`
+    iterations: int = 1500              # training iterations (batches)
+    milestones: tuple = (1100, 1350)    # iterations where the LR is multiplied by `gamma`
     gamma: float = 0.1                  # LR decay factor at each milestone
     warmup_iters: int = 100             # linear warmup length
     warmup_factor: float = 0.001        # LR multiplier at iteration 0 of the warmup
@@ -90,7 +90,7 @@ PRESETS = {
     "shapes": {},
     "coco128": dict(
         dataset="coco", data_dir="", train_split="train2017", val_split="train2017", model="small",
-        backbone="resnet34", width=128, min_size=512, max_size=683, batch_size=2, lr=0.01, iterations=4000,
+        backbone="resnet34", base_width=64, width=128, min_size=512, max_size=683, batch_size=2, lr=0.01, iterations=4000,
         milestones=(3000, 3600), warmup_iters=200, checkpoint_every=500,
     ),
     "coco-r50-fpn-1x": dict(
