@@ -89,3 +89,26 @@ def adjoint_check(forward, backward, inputs, wrt=0, settings=None, rtol=1e-10, s
     scale = max(1.0, abs(lhs), abs(rhs))
     assert abs(lhs - rhs) <= rtol * scale * 10, f"adjoint mismatch: <f(x), g> = {lhs!r}, <x, f^T g> = {rhs!r}"
     return lhs, rhs
+
+
+def tape_gradcheck(params, loss_fn, max_checks=12, atol=1e-6, rtol=1e-5):
+    """gradcheck of a whole tape computation w.r.t. some Parameters / leaf Tensors (float64).
+
+    `loss_fn()` builds a scalar Tensor from the current `.data` of `params`; the forward sets their
+    data to the perturbed arrays and reruns it, the backward runs the tape. Checks every stage a
+    model chains together at once, as the per-op checks cannot.
+    """
+    def forward(*arrays):
+        for p, a in zip(params, arrays, strict=True):
+            p.data = a
+        out = loss_fn()
+        return out.data, out
+
+    def backward(g, out):
+        for p in params:
+            p.grad = None
+        out.backward(np.asarray(g, dtype=out.data.dtype))
+        return tuple(p.grad for p in params)
+
+    inputs = [np.array(p.data, dtype=np.float64) for p in params]
+    return gradcheck(forward, backward, inputs, max_checks=max_checks, atol=atol, rtol=rtol)

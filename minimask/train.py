@@ -90,7 +90,8 @@ PRESETS = {
     "shapes": {},
     "coco128": dict(
         dataset="coco", data_dir="", train_split="train2017", val_split="train2017", model="small",
-        backbone="resnet34", base_width=64, width=128, min_size=512, max_size=683, batch_size=2, lr=0.01, iterations=4000,
+        backbone="resnet34", base_width=64, width=128, min_size=512, max_size=683, batch_size=2, lr=0.01,
+        iterations=4000,
         milestones=(3000, 3600), warmup_iters=200, checkpoint_every=500,
     ),
     "coco-r50-fpn-1x": dict(

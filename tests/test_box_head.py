@@ -3,7 +3,7 @@ a NumPy reference), the head modules' gradients, post-processing, and parity wit
 
 import numpy as np
 import pytest
-from gradcheck import gradcheck
+from gradcheck import tape_gradcheck
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -19,25 +19,6 @@ def random_boxes(rng, n, size=100.0, min_wh=2.0):
     xy = rng.uniform(0, size * 0.7, (n, 2))
     wh = rng.uniform(min_wh, size * 0.3, (n, 2))
     return np.concatenate([xy, xy + wh], axis=1).astype(np.float32)
-
-
-def tape_gradcheck(params, loss_fn, max_checks=12, atol=1e-6, rtol=1e-5):
-    """gradcheck of a tape computation w.r.t. some Parameters: forward sets their data and runs
-    `loss_fn()` (a scalar Tensor), backward runs the tape. All arrays float64."""
-    def forward(*arrays):
-        for p, a in zip(params, arrays, strict=True):
-            p.data = a
-        out = loss_fn()
-        return out.data, out
-
-    def backward(g, out):
-        for p in params:
-            p.grad = None
-        out.backward(np.asarray(g, dtype=out.data.dtype))
-        return tuple(p.grad for p in params)
-
-    inputs = [np.array(p.data, dtype=np.float64) for p in params]
-    return gradcheck(forward, backward, inputs, max_checks=max_checks, atol=atol, rtol=rtol)
 
 
 # --- matching and sampling ----------------------------------------------------------------------

@@ -3,6 +3,7 @@ channel choice and pasting, each against a NumPy reference and (oracle) torchvis
 
 import numpy as np
 import pytest
+from gradcheck import tape_gradcheck
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -10,25 +11,6 @@ from minimask import mask_head as MH
 from minimask.tape import Tensor
 
 SEEDS = st.integers(0, 2**16)
-
-
-def tape_gradcheck(params, loss_fn, max_checks=10):
-    """Central differences (float64) of a tape computation w.r.t. some Parameters / leaf Tensors."""
-    from gradcheck import gradcheck
-
-    def forward(*arrays):
-        for p, a in zip(params, arrays, strict=True):
-            p.data = a
-        out = loss_fn()
-        return out.data, out
-
-    def backward(g, out):
-        for p in params:
-            p.grad = None
-        out.backward(np.asarray(g, dtype=out.data.dtype))
-        return tuple(p.grad for p in params)
-
-    return gradcheck(forward, backward, [np.array(p.data, dtype=np.float64) for p in params], max_checks=max_checks)
 
 
 def bce64(x, t):
@@ -56,7 +38,7 @@ def test_modules_shapes_names_and_gradcheck():
         assert logits.shape == (2, 3, 6, 6)                   # 2x upsampled, one map per class
         return MH.maskrcnn_loss(logits, labels, targets)
 
-    tape_gradcheck(params, loss)
+    tape_gradcheck(params, loss, max_checks=10)
 
 
 def test_group_norm_variant_keys():
