@@ -11,7 +11,11 @@ FLOPs: forward = 2 * N * O * C * kh * kw * Hout * Wout (deconvolution: the same 
 input and output swapped); forward+backward = 3x that (dX and dW each cost one forward's worth).
 Times are the best of --repeat runs (other processes share the CPU).
 
-    python benchmarks/conv.py [--repeat 7] [--layers stem,3x3-64]
+Path: the GEMM path conv2d chose for the forward ("winograd", "shifted", "im2col", "1x1"; see
+minimask/conv.py); --path forces one where it applies. Winograd rows do 2.25x fewer multiplications
+than the FLOPs counted: GFLOP/s is "effective", the direct convolution's FLOPs over the time taken.
+
+    python benchmarks/conv.py [--repeat 7] [--layers stem,3x3-64] [--path shifted] [--no-torch]
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ import time
 
 import numpy as np
 
+from minimask import conv
+from minimask.backend import keep_freed_host_memory
 from minimask.conv import (
     conv2d_backward,
     conv2d_forward,
@@ -111,7 +117,9 @@ def bench_layer(layer, repeat, torch):
         _, c = forward(x, w, None, stride=s, padding=p)
         backward(g, c)
 
-    row = {"name": name, "flops": flops}
+    path = (conv._choose_path(x.shape, O, (k, k), (s, s), (p, p), (1, 1)) if op == "conv"
+            else "col2im")  # the deconvolution is conv2d's input gradient
+    row = {"name": name, "flops": flops, "path": path}
     row["mm"] = matmul_gflops(repeat)  # back-to-back with the conv, so both see the same machine load
     row["fwd"] = best_of(lambda: forward(x, w, None, stride=s, padding=p), repeat)
     row["fb"] = best_of(fwd_bwd, repeat)
@@ -137,17 +145,26 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeat", type=int, default=7)
     ap.add_argument("--layers", default="", help="comma-separated substrings of layer names (default: all)")
+    ap.add_argument("--path", default=None, choices=["winograd", "shifted", "im2col"],
+                    help="force this conv path where it applies (default: conv2d's own choice)")
+    ap.add_argument("--no-torch", action="store_true", help="leave out the torch columns")
+    ap.add_argument("--default-malloc", action="store_true",
+                    help="leave glibc's malloc as it is (default: keep freed memory, as minimask.train does)")
     args = ap.parse_args()
-    torch = torch_or_none()
+    kept = False if args.default_malloc else keep_freed_host_memory()
+    conv.FORCE_PATH = args.path
+    torch = None if args.no_torch else torch_or_none()
     print(f"numpy {np.__version__}, {platform.processor() or platform.machine()}, float32")
     for line in blas_info():
         print(line)
+    print("host memory: " + ("freed memory kept for reuse (backend.keep_freed_host_memory)" if kept
+                             else "glibc malloc defaults (big temporaries page-faulted on every call)"))
     print("FLOPs: fwd = 2*N*O*C*kh*kw*Hout*Wout; fwd+bwd = 3x fwd. Best of", args.repeat, "runs.")
     print("mm = 2048^3 sgemm GFLOP/s measured just before each layer; ratio = conv GFLOP/s / mm GFLOP/s.")
     if torch is None:
         print("torch not importable: torch columns left out")
     head = f"{'layer':26s} {'fwd ms':>8s} {'GF/s':>6s} {'fwd+bwd ms':>11s} {'GF/s':>6s} {'mm GF/s':>8s} " \
-           f"{'fwd/mm':>7s} {'fb/mm':>6s}"
+           f"{'fwd/mm':>7s} {'fb/mm':>6s} {'path':>8s}"
     if torch is not None:
         head += f" {'torch fwd GF/s':>15s} {'torch fb GF/s':>14s}"
     print(head)
@@ -158,7 +175,7 @@ def main():
         r = bench_layer(layer, args.repeat, torch)
         f_gf, fb_gf = r["flops"] / r["fwd"] / 1e9, 3 * r["flops"] / r["fb"] / 1e9
         line = (f"{r['name']:26s} {r['fwd'] * 1e3:8.2f} {f_gf:6.1f} {r['fb'] * 1e3:11.2f} {fb_gf:6.1f} "
-                f"{r['mm']:8.1f} {f_gf / r['mm']:7.0%} {fb_gf / r['mm']:6.0%}")
+                f"{r['mm']:8.1f} {f_gf / r['mm']:7.0%} {fb_gf / r['mm']:6.0%} {r['path']:>8s}")
         if torch is not None:
             line += f" {r['flops'] / r['t_fwd'] / 1e9:15.1f} {3 * r['flops'] / r['t_fb'] / 1e9:14.1f}"
         print(line, flush=True)

@@ -6,6 +6,8 @@ Columns: im2col(x) is (N, C*kh*kw, Hout*Wout), rows ordered (c, i, j) like weigh
          conv2d = weight.reshape(O, -1) @ im2col(x), and col2im is its adjoint (overlapping patches add).
 Paths:   (the GEMM code lives in conv_paths.py; `_choose_path` picks one per call, FORCE_PATH overrides)
          "1x1"      a matmul per image on x as it is (stride 2: a strided slice first), no copies.
+         "winograd" 3x3 stride 1 with many channels: Winograd F(2x2, 3x3), 16 GEMMs on transformed 4x4
+                    tiles, 2.25x fewer multiplications (winograd.py; its own dX and dW).
          "shifted"  stride 1, k > 1: the batch stacked into one tall zero-padded grid, each kernel tap a
                     shifted view of it (no copies); the grid's padding rows/columns are computed and dropped.
          "im2col"   columns (C*kh*kw, N*Hout*Wout) for a whole chunk of images and ONE matmul; always
@@ -20,12 +22,14 @@ Chapter: nbs/01_convolution.ipynb
 
 from __future__ import annotations
 
-from . import conv_paths, init, tape
+from . import conv_paths, init, tape, winograd
 from .backend import get_array_module
 from .conv_paths import col2im_cf_add, im2col_cf, pad_or_crop
 from .module import Module, Parameter
 
-FORCE_PATH = None  # None: choose per call; "shifted" (stride-1 convs) or "im2col" (all) force a path, for tests
+FORCE_PATH = None  # None: choose per call; "winograd" (3x3 stride 1), "shifted" (stride 1) or "im2col" (all) force one
+WINOGRAD_MIN_CHANNELS = 128  # Winograd when both channel counts reach this (see `_choose_path`)...
+WINOGRAD_MIN_PIXELS = 64 * 64  # ...or both reach 64 and the output map has this many pixels
 SHIFT_MAX_WASTE = 0.5  # never take the shifted path when more than this fraction of its outputs is dropped
 IM2COL_COPY_COST = 16.0  # im2col's copy costs about IM2COL_COPY_COST / O of its matmul (measured, see below)
 
@@ -111,7 +115,12 @@ def col2im(cols, x_shape, kernel_size, stride=1, padding=0, dilation=1):
 
 # --- choosing a path -------------------------------------------------------------------------------------
 def _choose_path(x_shape, n_out, kernel, stride, padding, dilation):
-    """"1x1", "shifted" or "im2col" for conv2d of x_shape with n_out output channels (FORCE_PATH overrides).
+    """"1x1", "winograd", "shifted" or "im2col" for conv2d of x_shape with n_out output channels.
+
+    FORCE_PATH overrides where the forced path applies. Winograd (3x3, stride 1, dilation 1) does 4/9 of
+    the direct multiplications but adds transforms whose cost per pixel grows with C + O while the
+    saving grows with C * O: measured (benchmarks/conv.py) it wins with >= 128 channels on every map
+    size, with 64 channels only on big maps (64x64 and up). Otherwise:
 
     Cost model, in units of the conv's own matmul: the shifted path computes 1 / (1 - waste) of it
     (waste = the dropped share of its grid, conv_paths.shifted_waste); im2col computes exactly it plus a
@@ -121,12 +130,18 @@ def _choose_path(x_shape, n_out, kernel, stride, padding, dilation):
     """
     H, W = x_shape[2:]
     stride1 = stride == (1, 1)
-    if FORCE_PATH == "im2col" or (FORCE_PATH == "shifted" and stride1):
+    winograd_ok = kernel == (3, 3) and stride1 and dilation == (1, 1) and min(padding) >= 0
+    forced_applies = {"im2col": True, "shifted": stride1, "winograd": winograd_ok}
+    if forced_applies.get(FORCE_PATH, False):
         return FORCE_PATH
     if kernel == (1, 1):
         return "1x1"
     if not stride1:
         return "im2col"
+    if winograd_ok and FORCE_PATH is None:
+        channels, pixels = min(x_shape[1], n_out), (H + 2 * padding[0] - 2) * (W + 2 * padding[1] - 2)
+        if channels >= WINOGRAD_MIN_CHANNELS or (channels >= 64 and pixels >= WINOGRAD_MIN_PIXELS):
+            return "winograd"
     waste = conv_paths.shifted_waste(H, W, kernel, padding, dilation)
     shifted_extra = waste / (1 - waste) if waste < SHIFT_MAX_WASTE else float("inf")
     return "shifted" if shifted_extra < IM2COL_COPY_COST / n_out else "im2col"
@@ -140,6 +155,8 @@ def _stride1_conv(x, weight, padding, dilation):
     out_hw = _output_hw(x.shape, weight.shape, (kh, kw), (1, 1), padding, dilation)
     if path == "1x1":
         return _pointwise_conv(x, weight, (1, 1), padding, out_hw)
+    if path == "winograd":
+        return winograd.winograd_conv(x, weight, padding)
     if path == "shifted":
         return conv_paths.shifted_conv(x, weight, padding, dilation)
     return conv_paths.im2col_conv(x, weight, (1, 1), padding, dilation, out_hw)
@@ -201,6 +218,9 @@ def _conv2d_input_grad(dout, weight, x_shape, stride, padding, dilation):
     Ho, Wo = dout.shape[2:]
     (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
     exact = Ho + dh * (kh - 1) == H + 2 * ph and Wo + dw * (kw - 1) == W + 2 * pw  # no output_padding
+    if stride == (1, 1) and exact and max(padding) <= 2 and \
+            _choose_path(x_shape, O, (kh, kw), stride, padding, dilation) == "winograd":
+        return winograd.winograd_input_grad(dout, weight, padding)  # reuses the forward's weight transform
     if stride == (1, 1) and exact:
         # stride 1: dX is the full correlation of dY with the flipped, transposed kernel, itself a conv
         flipped = xp.ascontiguousarray(weight[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))  # (C, O, kh, kw)
@@ -220,7 +240,10 @@ def _conv2d_weight_grad(x, dout, w_shape, stride, padding, dilation):
     path = _choose_path(x.shape, O, (kh, kw), stride, padding, dilation)
     if path == "1x1":
         return _pointwise_weight_grad(x, dout, stride, padding)
-    if path == "shifted":
+    exact = dout.shape[2:] == _output_hw(x.shape, w_shape, (kh, kw), stride, padding, dilation)
+    if path == "winograd" and exact:  # (not exact: conv_transpose2d's output_padding cut dY short)
+        return winograd.winograd_weight_grad(x, dout, padding)
+    if path in ("shifted", "winograd"):
         return conv_paths.shifted_weight_grad(x, dout, (kh, kw), padding, dilation)
     return conv_paths.im2col_weight_grad(x, dout, w_shape, stride, padding, dilation)
 

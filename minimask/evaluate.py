@@ -23,7 +23,7 @@ from pycocotools import mask as mask_utils
 from pycocotools.cocoeval import COCOeval
 from tqdm import tqdm
 
-from .backend import to_host
+from .backend import keep_freed_host_memory, to_host
 
 STAT_NAMES = [
     "AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl",
@@ -133,6 +133,7 @@ def main(argv=None):
     p.add_argument("--output-dir", default=None, help="where results.json and metrics.json go "
                                                       "(default: beside the checkpoint, in eval/)")
     args = p.parse_args(argv)
+    keep_freed_host_memory()
     model, cfg = load_checkpoint_model(args.checkpoint)
     if args.data_dir:
         cfg = cfg.replace(data_dir=args.data_dir)

@@ -16,7 +16,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from PIL import Image
 
-from .backend import to_host
+from .backend import keep_freed_host_memory, to_host
 from .data import to_chw_float
 from .tape import no_grad
 from .viz import draw_instances
@@ -42,6 +42,7 @@ def main(argv=None):
     p.add_argument("--score-thresh", type=float, default=0.5, help="draw detections scoring at least this")
     p.add_argument("--output-dir", default=None, help="where the PNGs go (default: predictions/ beside the checkpoint)")
     args = p.parse_args(argv)
+    keep_freed_host_memory()
     model, _ = load_checkpoint_model(args.checkpoint)
     out_dir = Path(args.output_dir) if args.output_dir else Path(args.checkpoint).parent / "predictions"
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from . import paths
-from .backend import to_host
+from .backend import keep_freed_host_memory, to_host
 from .data import CocoDataset, DataLoader, coco_paths, shapes_paths
 from .module import load_state_file, save_state_dict
 from .optim import SGD, WarmupMultiStepLR, clip_grad_norm_, param_groups
@@ -409,6 +409,7 @@ def _truncate_metrics(path: Path, iteration: int):
 
 def main(argv=None):
     cfg = config_from_args(argv)
+    keep_freed_host_memory()  # a process that trains reuses its temporaries' memory (see backend)
     os.environ.setdefault("PYTHONHASHSEED", str(cfg.seed))
     try:
         train(cfg)

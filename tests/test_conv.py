@@ -73,7 +73,7 @@ def naive_conv_transpose2d(x, w, b, stride, padding, output_padding, dilation):
 
 @contextlib.contextmanager
 def forced_path(path):
-    """Run conv2d / conv_transpose2d on one path: None (the automatic choice), "shifted" or "im2col"."""
+    """Run conv2d / conv_transpose2d on one path: None (the automatic choice) or one of PATHS."""
     old = conv.FORCE_PATH
     conv.FORCE_PATH = path
     try:
@@ -82,7 +82,7 @@ def forced_path(path):
         conv.FORCE_PATH = old
 
 
-PATHS = (None, "shifted", "im2col")
+PATHS = (None, "winograd", "shifted", "im2col")  # a forced path applies where it can (winograd: 3x3 stride 1)
 
 
 # --- strategies -------------------------------------------------------------------------------------
@@ -149,10 +149,11 @@ def test_conv_transpose2d_matches_nested_loops(case):
 def test_automatic_path_choice():
     """The cost model sends the shapes of the benchmark where they measured fastest."""
     choose = lambda shape, O, k, s=1, p=1: conv._choose_path(shape, O, (k, k), (s, s), (p, p), (1, 1))
-    assert choose((1, 256, 128, 128), 256, 3) == "shifted"  # big map: ~1.5% of the grid wasted
+    assert choose((1, 256, 128, 128), 256, 3) == "winograd"  # wide 3x3: test_winograd.py has the rest
+    assert choose((1, 256, 128, 128), 256, 5) == "shifted"  # big map: ~3% of the grid wasted
     assert choose((8, 64, 32, 32), 64, 3) == "shifted"  # 6% wasted, im2col's copy ~ 16/64 of the matmul
-    assert choose((100, 256, 14, 14), 256, 3) == "im2col"  # 13% wasted > the copy's 16/256
-    assert choose((8, 256, 8, 8), 256, 3) == "im2col"
+    assert choose((100, 256, 14, 14), 256, 5) == "im2col"  # 24% wasted > the copy's 16/256
+    assert choose((8, 96, 8, 8), 96, 3) == "im2col"  # 21% wasted: 0.27 extra > the copy's 16/96
     assert choose((8, 64, 32, 32), 64, 3, s=2) == "im2col"  # strided: the only choice
     assert choose((8, 256, 32, 32), 64, 1, p=0) == "1x1"
     assert choose((8, 256, 32, 32), 64, 1, s=2, p=0) == "1x1"

@@ -1,0 +1,179 @@
+"""Winograd F(2x2, 3x3): against nested loops, its gradients, its transforms' adjoints, threads, chunks."""
+
+import contextlib
+
+import numpy as np
+import pytest
+from gradcheck import adjoint_check, gradcheck
+from hypothesis import given
+from hypothesis import strategies as st
+from test_conv import naive_conv2d
+
+import minimask.conv as conv
+import minimask.conv_paths as conv_paths
+import minimask.winograd as wg
+from minimask import backend
+from minimask.conv import conv2d_backward, conv2d_forward
+
+
+@contextlib.contextmanager
+def forced_winograd():
+    old = conv.FORCE_PATH
+    conv.FORCE_PATH = "winograd"
+    try:
+        yield
+    finally:
+        conv.FORCE_PATH = old
+
+
+@st.composite
+def case3x3(draw, max_hw=9):
+    """(x, w, padding): odd and even sizes (odd ones leave a half-empty last tile), 1x1 outputs, padding 0-2."""
+    N, C, O = draw(st.integers(1, 3)), draw(st.integers(1, 4)), draw(st.integers(1, 4))
+    p = (draw(st.integers(0, 2)), draw(st.integers(0, 2)))
+    H = draw(st.integers(max(1, 3 - 2 * p[0]), max_hw))
+    W = draw(st.integers(max(1, 3 - 2 * p[1]), max_hw))
+    rng = np.random.default_rng(draw(st.integers(0, 2**16)))
+    return rng.standard_normal((N, C, H, W)), rng.standard_normal((O, C, 3, 3)), p
+
+
+@given(case3x3())
+def test_winograd_conv_matches_nested_loops(case):
+    x, w, p = case
+    ref = naive_conv2d(x, w, None, (1, 1), p, (1, 1))
+    # float64: the transforms only add, subtract and halve, so the error is rounding of the sums
+    np.testing.assert_allclose(wg.winograd_conv(x, w, p), ref, rtol=1e-10, atol=1e-10)
+
+
+@given(case3x3())
+def test_winograd_gradients_equal_the_direct_ones(case):
+    """dX (U reused in FLIP order) and dW (dM @ V^T) against the shifted path's, which test_conv checks."""
+    x, w, p = case
+    out, cache = conv2d_forward(x, w, None, padding=p)
+    g = np.random.default_rng(3).standard_normal(out.shape)
+    with forced_winograd():
+        out_w, cache_w = conv2d_forward(x, w, None, padding=p)
+        dx_w, dw_w, _ = conv2d_backward(g, cache_w)
+    old = conv.FORCE_PATH
+    conv.FORCE_PATH = "shifted"
+    try:
+        dx, dw, _ = conv2d_backward(g, cache)
+    finally:
+        conv.FORCE_PATH = old
+    np.testing.assert_allclose(out_w, out, rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(wg.winograd_input_grad(g, w, p), dx, rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(dx_w, dx, rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(dw_w, dw, rtol=1e-10, atol=1e-10)
+
+
+@given(case3x3(max_hw=6))
+def test_winograd_gradcheck(case):
+    x, w, p = case
+    b = np.random.default_rng(4).standard_normal(w.shape[0])
+    with forced_winograd():
+        assert conv._choose_path(x.shape, w.shape[0], (3, 3), (1, 1), p, (1, 1)) == "winograd"
+        gradcheck(conv2d_forward, conv2d_backward, [x, w, b], wrt=[0, 1, 2], settings=dict(padding=p),
+                  max_checks=40)
+
+
+@given(case3x3())
+def test_winograd_is_linear_with_its_adjoints(case):
+    x, w, p = case
+    with forced_winograd():
+        adjoint_check(conv2d_forward, conv2d_backward, [x, w, None], wrt=0, settings=dict(padding=p))
+        adjoint_check(conv2d_forward, conv2d_backward, [x, w, None], wrt=1, settings=dict(padding=p))
+
+
+@pytest.mark.parametrize("hw", [(4, 6), (5, 7)])
+def test_transforms_are_adjoint_pairs(rng, hw):
+    """<T(a), b> == <a, T^T(b)> for the weight transform and the output transform (junk tiles included)."""
+    n, O, C = 2, 3, 5
+    th, tw = wg.tiles(hw)
+    w, dU = rng.standard_normal((O, C, 3, 3)), rng.standard_normal((16, O, C))
+    assert np.isclose(np.sum(wg.weight_transform(w) * dU), np.sum(w * wg.weight_transform_adjoint(dU)), rtol=1e-12)
+    M, dy = rng.standard_normal((16, O, n * th * (tw + 1))), rng.standard_normal((n, O) + hw)
+    out = wg.output_transform(M, np.empty((n, O) + hw))
+    assert np.isclose(np.sum(out * dy), np.sum(M * wg.output_transform_adjoint(dy)), rtol=1e-12)
+
+
+def test_weight_transform_is_G_g_Gt(rng):
+    """U[4a + b] = (G g G^T)[a, b], and the FLIP identity behind the input gradient."""
+    w = rng.standard_normal((2, 3, 3, 3))
+    G = np.array(wg.G)
+    U = wg.weight_transform(w).reshape(4, 4, 2, 3)
+    for o, c in [(0, 0), (1, 2)]:
+        np.testing.assert_allclose(U[:, :, o, c], G @ w[o, c] @ G.T, rtol=1e-12, atol=1e-12)
+    flipped = wg.weight_transform(np.ascontiguousarray(w[:, :, ::-1, ::-1])).reshape(4, 4, 2, 3)
+    f = list(wg.FLIP)
+    np.testing.assert_allclose(flipped, U[f][:, f], rtol=1e-12, atol=1e-12)
+
+
+def test_float32_error_is_rounding(rng):
+    """float32 Winograd at a real layer's width (576 products per output) against a float64 reference:
+    its error is float32 rounding, of the same order as the direct conv's (F(2x2, 3x3)'s transforms
+    have coefficients 0, +-1/2, +-1, so they add little), far below the 1e-5 relative bound."""
+    x = rng.standard_normal((2, 64, 16, 16))
+    w = rng.standard_normal((64, 64, 3, 3)) / 24
+    ref = conv_paths.shifted_conv(x, w, (1, 1), (1, 1))  # float64
+    x32, w32 = x.astype(np.float32), w.astype(np.float32)
+    out = wg.winograd_conv(x32, w32, (1, 1))
+    assert out.dtype == np.float32
+    err_winograd = np.max(np.abs(out - ref))
+    err_direct = np.max(np.abs(conv_paths.shifted_conv(x32, w32, (1, 1), (1, 1)) - ref))
+    assert err_winograd <= 1e-5 * np.max(np.abs(ref))
+    assert err_winograd <= 4 * err_direct
+
+
+@pytest.mark.parametrize("threads", ["1", "3"])
+def test_threaded_transforms_equal_serial(monkeypatch, rng, threads):
+    """split_map over channels (3 threads on 5 and 7 channels: uneven parts) gives the same bits."""
+    x, w = rng.standard_normal((2, 5, 9, 8)), rng.standard_normal((7, 5, 3, 3))
+    g = rng.standard_normal((2, 7, 9, 8))
+    monkeypatch.setenv("MINIMASK_NUM_THREADS", "1")
+    ref = (wg.winograd_conv(x, w, (1, 1)), wg.winograd_input_grad(g, w, (1, 1)), wg.winograd_weight_grad(x, g, (1, 1)))
+    monkeypatch.setenv("MINIMASK_NUM_THREADS", threads)
+    assert backend.host_threads() == int(threads)
+    got = (wg.winograd_conv(x, w, (1, 1)), wg.winograd_input_grad(g, w, (1, 1)), wg.winograd_weight_grad(x, g, (1, 1)))
+    for a, b in zip(got, ref, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_split_map_covers_the_range_once_and_raises():
+    seen = []
+    backend.split_map(lambda i0, i1: seen.extend(range(i0, i1)), 11)
+    assert sorted(seen) == list(range(11))
+
+    def boom(i0, i1):
+        raise ValueError(f"part {i0}:{i1}")
+
+    with pytest.raises(ValueError, match="part"):
+        backend.split_map(boom, 4)
+
+
+def test_chunked_winograd_equals_unchunked(monkeypatch, rng):
+    x, w = rng.standard_normal((3, 4, 8, 7)), rng.standard_normal((5, 4, 3, 3))
+    g = rng.standard_normal((3, 5, 8, 7))
+    ref = (wg.winograd_conv(x, w, (1, 1)), wg.winograd_input_grad(g, w, (1, 1)), wg.winograd_weight_grad(x, g, (1, 1)))
+    monkeypatch.setattr(conv_paths, "COL_BUDGET_BYTES", 1)  # one image per chunk
+    got = (wg.winograd_conv(x, w, (1, 1)), wg.winograd_input_grad(g, w, (1, 1)), wg.winograd_weight_grad(x, g, (1, 1)))
+    for a, b in zip(got, ref, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_path_choice_sends_wide_3x3_convs_to_winograd():
+    choose = lambda shape, O, k=3, s=1, p=1, d=1: conv._choose_path(shape, O, (k, k), (s, s), (p, p), (d, d))
+    assert choose((1, 256, 32, 32), 256) == "winograd"  # >= 128 channels: any map
+    assert choose((100, 256, 14, 14), 256) == "winograd"
+    assert choose((1, 64, 128, 128), 64) == "winograd"  # 64 channels on a big map
+    assert choose((8, 64, 32, 32), 64) != "winograd"  # 64 channels on small maps: the transforms cost more
+    assert choose((1, 3, 128, 128), 64) != "winograd"  # few input channels
+    assert choose((1, 256, 32, 32), 256, s=2) == "im2col"  # strided, dilated, 5x5: not F(2x2, 3x3)
+    assert choose((1, 256, 32, 32), 256, d=2) != "winograd"
+    assert choose((1, 256, 32, 32), 256, k=5) != "winograd"
+
+
+def test_keep_freed_host_memory_is_harmless():
+    assert isinstance(backend.keep_freed_host_memory(), bool)
+    a = np.ones(10_000_000, np.float32)  # 40 MB: from the heap now, freed and reused
+    del a
+    assert np.ones(10_000_000, np.float32).sum() == 10_000_000
