@@ -9,7 +9,7 @@ torch.nn.functional.conv2d / conv_transpose2d on the same shapes when torch is i
 
 FLOPs: forward = 2 * N * O * C * kh * kw * Hout * Wout (deconvolution: the same with the roles of
 input and output swapped); forward+backward = 3x that (dX and dW each cost one forward's worth).
-Times are the best of --repeat runs (other processes share the CPU).
+Times are the best of --repeat rounds; each round runs the matmul, the conv and torch's in turn.
 
 Path: the GEMM path conv2d chose for the forward ("winograd", "shifted", "im2col", "1x1"; see
 minimask/conv.py); --path forces one where it applies. Winograd rows do 2.25x fewer multiplications
@@ -56,22 +56,30 @@ LAYERS = [
 ]
 
 
-def best_of(fn, repeat):
-    fn()  # warm-up: allocations, BLAS thread start
-    times = []
+def interleaved_best(fns, repeat):
+    """{name: best time} over `repeat` rounds, each round timing every fn once, in turn.
+
+    The conv and the matmul it is compared with take turns, so a slow spell of this shared machine
+    (another VM on the host, a busy neighbour core) hits both alike instead of skewing the ratio.
+    """
+    for fn in fns.values():
+        fn()  # warm-up: allocations, BLAS thread start
+    best = {name: float("inf") for name in fns}
     for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            best[name] = min(best[name], time.perf_counter() - t0)
+    return best
 
 
-def matmul_gflops(repeat, n=2048):
+def matmul_fn(n=2048):
+    """A 2048^3 float32 GEMM into a preallocated output: the machine's reference GFLOP/s."""
     rng = np.random.default_rng(0)
     a = rng.standard_normal((n, n), dtype=np.float32)
     b = rng.standard_normal((n, n), dtype=np.float32)
     out = np.empty((n, n), np.float32)
-    return 2 * n**3 / best_of(lambda: np.matmul(a, b, out=out), repeat) / 1e9
+    return lambda: np.matmul(a, b, out=out), 2 * n**3
 
 
 def blas_info():
@@ -120,9 +128,8 @@ def bench_layer(layer, repeat, torch):
     path = (conv._choose_path(x.shape, O, (k, k), (s, s), (p, p), (1, 1)) if op == "conv"
             else "col2im")  # the deconvolution is conv2d's input gradient
     row = {"name": name, "flops": flops, "path": path}
-    row["mm"] = matmul_gflops(repeat)  # back-to-back with the conv, so both see the same machine load
-    row["fwd"] = best_of(lambda: forward(x, w, None, stride=s, padding=p), repeat)
-    row["fb"] = best_of(fwd_bwd, repeat)
+    mm, mm_flops = matmul_fn()
+    fns = {"mm": mm, "fwd": lambda: forward(x, w, None, stride=s, padding=p), "fb": fwd_bwd}
     if torch is not None:
         tx = torch.tensor(x, requires_grad=True)
         tw = torch.tensor(w, requires_grad=True)
@@ -136,8 +143,9 @@ def bench_layer(layer, repeat, torch):
         def t_fb():
             tf(tx, tw, stride=s, padding=p).backward(tg)
 
-        row["t_fwd"] = best_of(t_fwd, repeat)
-        row["t_fb"] = best_of(t_fb, repeat)
+        fns.update(t_fwd=t_fwd, t_fb=t_fb)
+    row.update(interleaved_best(fns, repeat))
+    row["mm"] = mm_flops / row["mm"] / 1e9
     return row
 
 
@@ -159,8 +167,8 @@ def main():
         print(line)
     print("host memory: " + ("freed memory kept for reuse (backend.keep_freed_host_memory)" if kept
                              else "glibc malloc defaults (big temporaries page-faulted on every call)"))
-    print("FLOPs: fwd = 2*N*O*C*kh*kw*Hout*Wout; fwd+bwd = 3x fwd. Best of", args.repeat, "runs.")
-    print("mm = 2048^3 sgemm GFLOP/s measured just before each layer; ratio = conv GFLOP/s / mm GFLOP/s.")
+    print("FLOPs: fwd = 2*N*O*C*kh*kw*Hout*Wout; fwd+bwd = 3x fwd. Best of", args.repeat, "rounds.")
+    print("mm = 2048^3 sgemm GFLOP/s, timed in turn with each layer's runs; ratio = conv GFLOP/s / mm GFLOP/s.")
     if torch is None:
         print("torch not importable: torch columns left out")
     head = f"{'layer':26s} {'fwd ms':>8s} {'GF/s':>6s} {'fwd+bwd ms':>11s} {'GF/s':>6s} {'mm GF/s':>8s} " \

@@ -15,7 +15,8 @@ Paths:   (the GEMM code lives in conv_paths.py; `_choose_path` picks one per cal
                     path would waste too much (see `_choose_path`).
          The input gradient of a stride-1 conv is itself a stride-1 conv (of dY with the flipped kernel),
          so it takes the same two paths; otherwise it is col2im(W^T @ dY).
-Memory:  the forward cache keeps only x and weight; backward recomputes what it needs.
+Memory:  the forward cache keeps x and weight and backward recomputes what it needs (columns, grids),
+         except on the Winograd path, which keeps its transformed input V (~4x x; WINOGRAD_KEEP_V).
 Adjoint: conv_transpose2d(x, w) is the input-gradient of conv2d with weight w, and vice versa.
 Chapter: nbs/01_convolution.ipynb
 """
@@ -30,6 +31,7 @@ from .module import Module, Parameter
 FORCE_PATH = None  # None: choose per call; "winograd" (3x3 stride 1), "shifted" (stride 1) or "im2col" (all) force one
 WINOGRAD_MIN_CHANNELS = 128  # Winograd when both channel counts reach this (see `_choose_path`)...
 WINOGRAD_MIN_PIXELS = 64 * 64  # ...or both reach 64 and the output map has this many pixels
+WINOGRAD_KEEP_V = True  # keep Winograd's transformed input (4x x) for dW: one transform fewer, more memory
 SHIFT_MAX_WASTE = 0.5  # never take the shifted path when more than this fraction of its outputs is dropped
 IM2COL_COPY_COST = 16.0  # im2col's copy costs about IM2COL_COPY_COST / O of its matmul (measured, see below)
 
@@ -218,9 +220,8 @@ def _conv2d_input_grad(dout, weight, x_shape, stride, padding, dilation):
     Ho, Wo = dout.shape[2:]
     (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
     exact = Ho + dh * (kh - 1) == H + 2 * ph and Wo + dw * (kw - 1) == W + 2 * pw  # no output_padding
-    if stride == (1, 1) and exact and max(padding) <= 2 and \
-            _choose_path(x_shape, O, (kh, kw), stride, padding, dilation) == "winograd":
-        return winograd.winograd_input_grad(dout, weight, padding)  # reuses the forward's weight transform
+    if exact and _choose_path(x_shape, O, (kh, kw), stride, padding, dilation) == "winograd":
+        return winograd.winograd_backward(dout, weight, padding, x_shape)[0]
     if stride == (1, 1) and exact:
         # stride 1: dX is the full correlation of dY with the flipped, transposed kernel, itself a conv
         flipped = xp.ascontiguousarray(weight[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))  # (C, O, kh, kw)
@@ -242,7 +243,7 @@ def _conv2d_weight_grad(x, dout, w_shape, stride, padding, dilation):
         return _pointwise_weight_grad(x, dout, stride, padding)
     exact = dout.shape[2:] == _output_hw(x.shape, w_shape, (kh, kw), stride, padding, dilation)
     if path == "winograd" and exact:  # (not exact: conv_transpose2d's output_padding cut dY short)
-        return winograd.winograd_weight_grad(x, dout, padding)
+        return winograd.winograd_backward(dout, None, padding, x.shape, x)[1]
     if path in ("shifted", "winograd"):
         return conv_paths.shifted_weight_grad(x, dout, (kh, kw), padding, dilation)
     return conv_paths.im2col_weight_grad(x, dout, w_shape, stride, padding, dilation)
@@ -267,10 +268,14 @@ def conv2d_forward(x, weight, bias=None, stride=1, padding=0, dilation=1):
     s, p, d = _settings(stride, padding, dilation)
     dtype = _common_dtype(xp, x, weight, bias)
     x, weight = x.astype(dtype, copy=False), weight.astype(dtype, copy=False)
-    out = _conv2d_core(x, weight, s, p, d)
+    kept = []  # the Winograd path keeps its transformed input V for the weight gradient
+    if _choose_path(x.shape, weight.shape[0], weight.shape[2:], s, p, d) == "winograd":
+        out = winograd.winograd_conv(x, weight, p, keep=kept if WINOGRAD_KEEP_V else None)
+    else:
+        out = _conv2d_core(x, weight, s, p, d)
     if bias is not None:
         out += bias.astype(dtype, copy=False)[:, None, None]
-    return out, (x, weight, bias is not None, s, p, d)
+    return out, (x, weight, bias is not None, s, p, d, kept)
 
 
 def conv2d_backward(dout, cache, needs_input_grad=(True, True, True)):
@@ -279,10 +284,15 @@ def conv2d_backward(dout, cache, needs_input_grad=(True, True, True)):
     Gradients the tape says nobody uses (`needs_input_grad`) are skipped: the first conv's dX
     (the image) and the dW of frozen layers cost as much as the forward.
     """
-    x, weight, has_bias, s, p, d = cache
+    x, weight, has_bias, s, p, d, kept = cache
     dout = dout.astype(x.dtype, copy=False)
-    dx = _conv2d_input_grad(dout, weight, x.shape, s, p, d) if needs_input_grad[0] else None
-    dw = _conv2d_weight_grad(x, dout, weight.shape, s, p, d) if needs_input_grad[1] else None
+    if _choose_path(x.shape, weight.shape[0], weight.shape[2:], s, p, d) == "winograd":
+        # dX and dW together: both start from the same transform of dY
+        dx, dw = winograd.winograd_backward(dout, weight if needs_input_grad[0] else None, p, x.shape,
+                                            x if needs_input_grad[1] else None, kept)
+    else:
+        dx = _conv2d_input_grad(dout, weight, x.shape, s, p, d) if needs_input_grad[0] else None
+        dw = _conv2d_weight_grad(x, dout, weight.shape, s, p, d) if needs_input_grad[1] else None
     db = dout.sum(axis=(0, 2, 3)) if has_bias and needs_input_grad[2] else None
     return dx, dw, db
 

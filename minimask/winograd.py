@@ -16,9 +16,11 @@ Layout:  the tiles overlap by 2 (stride 2), so the padded input is first split i
          image row of tiles carries ONE extra "junk" tile (tw + 1 per row, T = n * th * (tw + 1)), so a
          tap is the whole flat plane shifted by one element: each transform pass is a long contiguous
          addition (4x faster in NumPy than short rows of tw). The junk tiles are computed and dropped.
-Backward: dX is the same conv of dY with the flipped, transposed kernel, whose transform is U's own
-         with rows/columns 0 and 3 swapped (`winograd_input_grad`);
-         dW = G^T (sum over tiles of dM[ab] @ V[ab]^T) G with dM = A dY A^T per tile (junk tiles 0).
+Backward: the three stages in reverse, each by its adjoint (`winograd_backward`):
+             dM = A dY A^T per tile                          (output_transform_adjoint; junk tiles 0)
+             dV[ab] = U[ab]^T @ dM[ab]  ->  dX = B dV B^T, overlapping patches added   (input_transform_adjoint)
+             dU[ab] = dM[ab] @ V[ab]^T  ->  dW = G^T dU G                              (weight_transform_adjoint)
+         dM is shared by dX and dW: 3 transforms and 2 GEMMs for the whole backward.
 Accuracy: the transforms only add, subtract and halve; float32 results differ from the direct conv
          by rounding of a few ulps of the sum (tested against the nested-loop reference).
 Chapter: nbs/01_convolution.ipynb
@@ -33,7 +35,6 @@ from .conv_paths import image_chunks
 B_T = ((1, 0, -1, 0), (0, 1, 1, 0), (0, -1, 1, 0), (0, 1, 0, -1))  # input transform, 4x4
 G = ((1, 0, 0), (0.5, 0.5, 0.5), (0.5, -0.5, 0.5), (0, 0, 1))  # weight transform, 4x3
 A_T = ((1, 1, 1, 0), (0, 1, -1, -1))  # output transform, 2x4
-FLIP = (3, 1, 2, 0)  # G with its columns reversed is G with rows 0 and 3 swapped
 
 
 def tiles(out_hw):
@@ -99,22 +100,16 @@ def parity_planes(x, padding, tile_hw):
     """
     xp = get_array_module(x)
     n, C, H, W = x.shape
-    (th, tw), (ph, pw) = tile_hw, padding
+    th, tw = tile_hw
     planes = xp.zeros((2, 2, C, n, th + 1, tw + 1), dtype=x.dtype)
-    for r in range(2):
-        y0 = (r - ph) % 2  # the first input row that lands on padded rows of parity r
-        i0, ny = (y0 + ph) // 2, len(range(y0, H, 2))
-        for s in range(2):
-            x0 = (s - pw) % 2
-            j0, nx = (x0 + pw) // 2, len(range(x0, W, 2))
-            planes[r, s, :, :, i0:i0 + ny, j0:j0 + nx] = x[:, :, y0::2, x0::2].transpose(1, 0, 2, 3)
+    for r, s, ys, xs, iis, js in _plane_slices(H, W, padding):
+        planes[r, s, :, :, iis, js] = x[:, :, ys, xs].transpose(1, 0, 2, 3)
     return planes
 
 
-def input_transform(x, padding, tile_hw, order=(0, 1, 2, 3)):
-    """V = B^T d B for every 4x4 input patch d: x (n, C, H, W) -> V (16, C, n * th * (tw + 1)).
+def input_transform(x, padding, tile_hw):
+    """V = B^T d B for every 4x4 input patch d: x (n, C, H, W) -> V (16, C, n * th * (tw + 1)), row ab = 4a + b.
 
-    V[4 order[a] + order[b]] holds position (a, b) of the Winograd domain (`order` = FLIP for dX).
     Tile (m, i, j) is column (m * th + i) * (tw + 1) + j; j = tw is the junk tile (see the module header).
     Channels are independent: they are split over the CPU's threads (backend.split_map).
     """
@@ -122,11 +117,11 @@ def input_transform(x, padding, tile_hw, order=(0, 1, 2, 3)):
     n, C = x.shape[:2]
     th, tw = tile_hw
     V = xp.empty((4, 4, C, n * th * (tw + 1)), dtype=x.dtype)
-    split_map(lambda c0, c1: _input_transform(x[:, c0:c1], padding, tile_hw, V[:, :, c0:c1], order), C, xp)
+    split_map(lambda c0, c1: _input_transform(x[:, c0:c1], padding, tile_hw, V[:, :, c0:c1]), C, xp)
     return V.reshape(16, C, -1)
 
 
-def _input_transform(x, padding, tile_hw, V, order):
+def _input_transform(x, padding, tile_hw, V):
     """`input_transform` of some channels, written into V (4, 4, c, T)."""
     xp = get_array_module(x)
     n, C = x.shape[:2]
@@ -135,9 +130,9 @@ def _input_transform(x, padding, tile_hw, V, order):
     L = C * n * th * (tw + 1)
     rows = xp.empty((4, 2, L + 1), dtype=x.dtype)  # B^T d along rows: (a, column parity, flat)
     rows[:, :, L] = 0  # one element past the end: the last junk tile's last tap reads it
-    _input_1d(_taps_rows(planes, th), [rows[order[a], :, :L].reshape(2, C, n, th, tw + 1) for a in range(4)])
+    _input_1d(_taps_rows(planes, th), [rows[a, :, :L].reshape(2, C, n, th, tw + 1) for a in range(4)])
     V = V.reshape(4, 4, L)  # (B^T d) B: (a, b, flat), a view
-    _input_1d((rows[:, 0, :L], rows[:, 1, :L], rows[:, 0, 1:], rows[:, 1, 1:]), [V[:, order[b]] for b in range(4)])
+    _input_1d((rows[:, 0, :L], rows[:, 1, :L], rows[:, 0, 1:], rows[:, 1, 1:]), [V[:, b] for b in range(4)])
 
 
 def _taps_rows(planes, th):
@@ -146,26 +141,97 @@ def _taps_rows(planes, th):
     return even[..., :th, :], odd[..., :th, :], even[..., 1:, :], odd[..., 1:, :]
 
 
-# --- the output transform and its adjoint ----------------------------------------------------------------
-def output_transform(M, out, order=(0, 1, 2, 3)):
-    """y = A^T m A for every tile: M (16, O, n * th * (tw + 1)) -> written into out (n, O, Ho, Wo).
+def input_transform_adjoint(dV, x_shape, padding):
+    """dX = B dV B^T per tile, the patches added where they overlap: the adjoint of `input_transform`.
 
-    Position (a, b) of the Winograd domain is read from M[4 order[a] + order[b]] (see `input_transform`).
+    dV (16, C, n * th * (tw + 1)) with zero junk tiles -> dx (n, C, H, W) for x of `x_shape`; the
+    gradient that lands on the zero padding is dropped.
     """
-    xp = get_array_module(M)
-    split_map(lambda o0, o1: _output_transform(M[:, o0:o1], out[:, o0:o1], order), out.shape[1], xp)
+    xp = get_array_module(dV)
+    n, C, H, W = x_shape
+    tile_hw = tiles((H + 2 * padding[0] - 2, W + 2 * padding[1] - 2))
+    dx = xp.empty(x_shape, dtype=dV.dtype)
+    split_map(lambda c0, c1: _input_transform_adjoint(dV[:, c0:c1], padding, tile_hw, dx[:, c0:c1]), C, xp)
+    return dx
+
+
+def _input_transform_adjoint(dV, padding, tile_hw, dx):
+    xp = get_array_module(dV)
+    n, C = dx.shape[:2]
+    th, tw = tile_hw
+    L = C * n * th * (tw + 1)
+    dV = dV.reshape(4, 4, L)  # a view: channels c0:c1 of every (a, b)
+    drows = xp.empty((4, 2, L), dtype=dV.dtype)  # along columns, back onto the rows' flat layout
+    _taps_adjoint([dV[:, b] for b in range(4)], drows[:, 0], drows[:, 1], axis=-1)
+    drows = drows.reshape(4, 2, C, n, th, tw + 1)
+    dplanes = xp.empty((2, 2, C, n, th + 1, tw + 1), dtype=dV.dtype)  # along rows, onto the planes
+    _taps_adjoint(drows, dplanes[0], dplanes[1], axis=-2)
+    _read_planes(dplanes, padding, dx)
+
+
+def _taps_adjoint(v, even, odd, axis):
+    """Adjoint of `_input_1d` on the taps of `_taps`/`_taps_rows`: B v, each tap added back where it
+    was read. even[i] = t0[i] + t2[i - 1], odd[i] = t1[i] + t3[i - 1] along `axis`, with
+    t = (v0, v1 - v2 + v3, v1 + v2 - v0, -v3); even/odd have one more entry than v along `axis`
+    (the flat layout: the same length, the last tap's spill-over being a junk tile's, which is 0)."""
+    xp = get_array_module(even)
+    n = v[0].shape[axis]
+
+    def cut(a, start, stop):
+        index = [slice(None)] * a.ndim
+        index[axis] = slice(start, stop)
+        return a[tuple(index)]
+
+    t = xp.add(v[1], v[2])
+    t -= v[0]  # t2
+    xp.add(cut(v[0], 1, n), cut(t, 0, n - 1), out=cut(even, 1, n))
+    xp.copyto(cut(even, 0, 1), cut(v[0], 0, 1))
+    if even.shape[axis] > n:
+        xp.copyto(cut(even, n, n + 1), cut(t, n - 1, n))
+    xp.subtract(v[1], v[2], out=t)
+    t += v[3]  # t1
+    xp.subtract(cut(t, 1, n), cut(v[3], 0, n - 1), out=cut(odd, 1, n))
+    xp.copyto(cut(odd, 0, 1), cut(t, 0, 1))
+    if odd.shape[axis] > n:
+        xp.negative(cut(v[3], n - 1, n), out=cut(odd, n, n + 1))
+
+
+def _plane_slices(H, W, padding):
+    """For each parity (r, s): (rows of x, columns of x, rows of the plane, columns of the plane) it holds."""
+    (ph, pw), out = padding, []
+    for r in range(2):
+        y0 = (r - ph) % 2  # the first input row that lands on padded rows of parity r
+        i0, ny = (y0 + ph) // 2, len(range(y0, H, 2))
+        for s in range(2):
+            x0 = (s - pw) % 2
+            j0, nx = (x0 + pw) // 2, len(range(x0, W, 2))
+            out.append((r, s, slice(y0, None, 2), slice(x0, None, 2), slice(i0, i0 + ny), slice(j0, j0 + nx)))
     return out
 
 
-def _output_transform(M, out, order):
+def _read_planes(planes, padding, x):
+    """Inverse of `parity_planes`: write the pixels of x (n, C, H, W) back from the planes."""
+    for r, s, ys, xs, iis, js in _plane_slices(x.shape[2], x.shape[3], padding):
+        x[:, :, ys, xs] = planes[r, s, :, :, iis, js].transpose(1, 0, 2, 3)
+
+
+# --- the output transform and its adjoint ----------------------------------------------------------------
+def output_transform(M, out):
+    """y = A^T m A for every tile: M (16, O, n * th * (tw + 1)) -> written into out (n, O, Ho, Wo)."""
+    xp = get_array_module(M)
+    split_map(lambda o0, o1: _output_transform(M[:, o0:o1], out[:, o0:o1]), out.shape[1], xp)
+    return out
+
+
+def _output_transform(M, out):
     xp = get_array_module(M)
     n, O, Ho, Wo = out.shape
     th, tw = tiles((Ho, Wo))
     m = M.reshape(4, 4, -1)  # a view: M holds channels o0:o1 of every (a, b), each contiguous
     half = xp.empty((2, 4, m.shape[-1]), dtype=M.dtype)
-    _output_1d([m[order[a]] for a in range(4)], half)  # along rows
+    _output_1d(m, half)  # along rows
     y = xp.empty((2, 2, m.shape[-1]), dtype=M.dtype)
-    _output_1d([half[:, order[b]] for b in range(4)], [y[:, s] for s in range(2)])  # along columns
+    _output_1d([half[:, b] for b in range(4)], [y[:, s] for s in range(2)])  # along columns
     y = y.reshape(2, 2, O, n, th, tw + 1)
     for r in range(2):  # y[r, s] holds the output pixels (2i + r, 2j + s)
         for s in range(2):
@@ -203,46 +269,49 @@ def _bytes_per_image(C, O, tile_hw, itemsize):
     return 16 * (C + O) * tile_hw[0] * (tile_hw[1] + 1) * itemsize  # V and M of one image
 
 
-def _conv_with(U, x, padding, n_out, order=(0, 1, 2, 3)):
-    """A^T [U @ V] A for transformed weights U (16, O, C) (or a transposed view), per chunk of images."""
-    xp = get_array_module(x)
-    N, C, H, W = x.shape
-    out_hw = (H + 2 * padding[0] - 2, W + 2 * padding[1] - 2)
-    tile_hw = tiles(out_hw)
-    out = xp.empty((N, n_out) + out_hw, dtype=x.dtype)
-    for n0, n1 in image_chunks(N, _bytes_per_image(C, n_out, tile_hw, x.dtype.itemsize)):
-        V = input_transform(x[n0:n1], padding, tile_hw, order)
-        output_transform(xp.matmul(U, V), out[n0:n1], order)  # (16, O, C) @ (16, C, T)
-    return out
-
-
-def winograd_conv(x, weight, padding):
+def winograd_conv(x, weight, padding, keep=None):
     """Stride-1, dilation-1 3x3 conv2d: x (N, C, H, W), weight (O, C, 3, 3) -> (N, O, Ho, Wo).
 
     out = A^T [U @ V] A: 16 GEMMs (O, C) @ (C, T) per chunk of images (V and M stay under the budget).
+    keep: a list that receives each chunk's V, for `winograd_backward` (saves it one transform).
     """
-    return _conv_with(weight_transform(weight), x, padding, weight.shape[0])
-
-
-def winograd_input_grad(dout, weight, padding):
-    """dX (N, C, H, W) of `winograd_conv` for dY (N, O, Ho, Wo): the conv of dY, padded by 2 - p, with the
-    flipped, transposed kernel. Its transform is U's own: reversing a kernel axis swaps rows 0 and 3 of
-    G, so U_flip[ab] = U[FLIP[a] FLIP[b]]^T (C, O). Rather than permute U, V is stored in FLIP order
-    and the output transform reads M in it: U[ab]^T @ V[FLIP[a] FLIP[b]] is U_flip's product."""
+    xp = get_array_module(x, weight)
+    N, C, H, W = x.shape
+    O = weight.shape[0]
+    out_hw = (H + 2 * padding[0] - 2, W + 2 * padding[1] - 2)
+    tile_hw = tiles(out_hw)
     U = weight_transform(weight)
-    return _conv_with(U.transpose(0, 2, 1), dout, (2 - padding[0], 2 - padding[1]), weight.shape[1], FLIP)
-
-
-def winograd_weight_grad(x, dout, padding):
-    """dW (O, C, 3, 3) of `winograd_conv`: G^T [sum over chunks of dM @ V^T] G, dM = A dY A^T per tile."""
-    xp = get_array_module(x, dout)
-    N, C = x.shape[:2]
-    O, Ho, Wo = dout.shape[1:]
-    tile_hw = tiles((Ho, Wo))
-    dU = None
+    out = xp.empty((N, O) + out_hw, dtype=x.dtype)
     for n0, n1 in image_chunks(N, _bytes_per_image(C, O, tile_hw, x.dtype.itemsize)):
         V = input_transform(x[n0:n1], padding, tile_hw)
-        dM = output_transform_adjoint(dout[n0:n1])
-        part = xp.matmul(dM, V.transpose(0, 2, 1))  # (16, O, T) @ (16, T, C)
-        dU = part if dU is None else dU + part
-    return weight_transform_adjoint(dU)
+        output_transform(xp.matmul(U, V), out[n0:n1])  # (16, O, C) @ (16, C, T)
+        if keep is not None:
+            keep.append(V)
+    return out
+
+
+def winograd_backward(dout, weight, padding, x_shape, x=None, kept=None):
+    """(dX or None, dW or None) of `winograd_conv`: each stage by its adjoint, dM shared by both.
+
+    dout (N, O, Ho, Wo); dX (x_shape) when weight (O, C, 3, 3) is given, dW when x is given
+    (its V: the forward's `keep` list when given, else recomputed).
+    """
+    xp = get_array_module(dout, weight)
+    N, C, H, W = x_shape
+    O = dout.shape[1]
+    tile_hw = tiles(dout.shape[2:])
+    U = weight_transform(weight) if weight is not None else None
+    dx = xp.empty(x_shape, dtype=dout.dtype) if weight is not None else None
+    dU = None
+    chunks = list(image_chunks(N, _bytes_per_image(C, O, tile_hw, dout.dtype.itemsize)))
+    if kept and [V.shape[2] for V in kept] != [(n1 - n0) * tile_hw[0] * (tile_hw[1] + 1) for n0, n1 in chunks]:
+        kept = None  # chunked differently from the forward (the budget changed): recompute
+    for k, (n0, n1) in enumerate(chunks):
+        dM = output_transform_adjoint(dout[n0:n1])  # (16, O, T)
+        if x is not None:
+            V = kept[k] if kept else input_transform(x[n0:n1], padding, tile_hw)
+            part = xp.matmul(dM, V.transpose(0, 2, 1))  # (16, O, C)
+            dU = part if dU is None else dU + part
+        if U is not None:
+            dx[n0:n1] = input_transform_adjoint(xp.matmul(U.transpose(0, 2, 1), dM), (n1 - n0, C, H, W), padding)
+    return dx, (weight_transform_adjoint(dU) if x is not None else None)

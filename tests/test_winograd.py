@@ -47,7 +47,7 @@ def test_winograd_conv_matches_nested_loops(case):
 
 @given(case3x3())
 def test_winograd_gradients_equal_the_direct_ones(case):
-    """dX (U reused in FLIP order) and dW (dM @ V^T) against the shifted path's, which test_conv checks."""
+    """dX (B dV B^T, overlap-added) and dW (G^T dM V^T G) against the shifted path's, which test_conv checks."""
     x, w, p = case
     out, cache = conv2d_forward(x, w, None, padding=p)
     g = np.random.default_rng(3).standard_normal(out.shape)
@@ -61,7 +61,11 @@ def test_winograd_gradients_equal_the_direct_ones(case):
     finally:
         conv.FORCE_PATH = old
     np.testing.assert_allclose(out_w, out, rtol=1e-10, atol=1e-10)
-    np.testing.assert_allclose(wg.winograd_input_grad(g, w, p), dx, rtol=1e-10, atol=1e-10)
+    dx_only, dw_none = wg.winograd_backward(g, w, p, x.shape)
+    dx_none, dw_only = wg.winograd_backward(g, None, p, x.shape, x)
+    assert dw_none is None and dx_none is None
+    np.testing.assert_allclose(dx_only, dx, rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(dw_only, dw, rtol=1e-10, atol=1e-10)
     np.testing.assert_allclose(dx_w, dx, rtol=1e-10, atol=1e-10)
     np.testing.assert_allclose(dw_w, dw, rtol=1e-10, atol=1e-10)
 
@@ -86,9 +90,16 @@ def test_winograd_is_linear_with_its_adjoints(case):
 
 @pytest.mark.parametrize("hw", [(4, 6), (5, 7)])
 def test_transforms_are_adjoint_pairs(rng, hw):
-    """<T(a), b> == <a, T^T(b)> for the weight transform and the output transform (junk tiles included)."""
+    """<T(a), b> == <a, T^T(b)> for the weight, output and input transforms (junk tiles included)."""
     n, O, C = 2, 3, 5
     th, tw = wg.tiles(hw)
+    for p in [(1, 1), (0, 2)]:
+        x = rng.standard_normal((n, C, hw[0] + 2 - 2 * p[0], hw[1] + 2 - 2 * p[1]))
+        V = wg.input_transform(x, p, (th, tw))
+        dV = rng.standard_normal(V.shape).reshape(16, C, n, th, tw + 1)
+        dV[..., tw] = 0  # the adjoint's contract: junk tiles carry no gradient (dM's are zero)
+        dV = dV.reshape(V.shape)
+        assert np.isclose(np.sum(V * dV), np.sum(x * wg.input_transform_adjoint(dV, x.shape, p)), rtol=1e-12)
     w, dU = rng.standard_normal((O, C, 3, 3)), rng.standard_normal((16, O, C))
     assert np.isclose(np.sum(wg.weight_transform(w) * dU), np.sum(w * wg.weight_transform_adjoint(dU)), rtol=1e-12)
     M, dy = rng.standard_normal((16, O, n * th * (tw + 1))), rng.standard_normal((n, O) + hw)
@@ -96,16 +107,20 @@ def test_transforms_are_adjoint_pairs(rng, hw):
     assert np.isclose(np.sum(out * dy), np.sum(M * wg.output_transform_adjoint(dy)), rtol=1e-12)
 
 
-def test_weight_transform_is_G_g_Gt(rng):
-    """U[4a + b] = (G g G^T)[a, b], and the FLIP identity behind the input gradient."""
+def test_transforms_are_the_papers_matrices(rng):
+    """U[4a + b] = (G g G^T)[a, b], V = B^T d B on a tile's 4x4 patch, y = A^T m A: the constants as written."""
+    G, B_T, A_T = np.array(wg.G), np.array(wg.B_T), np.array(wg.A_T)
     w = rng.standard_normal((2, 3, 3, 3))
-    G = np.array(wg.G)
     U = wg.weight_transform(w).reshape(4, 4, 2, 3)
     for o, c in [(0, 0), (1, 2)]:
         np.testing.assert_allclose(U[:, :, o, c], G @ w[o, c] @ G.T, rtol=1e-12, atol=1e-12)
-    flipped = wg.weight_transform(np.ascontiguousarray(w[:, :, ::-1, ::-1])).reshape(4, 4, 2, 3)
-    f = list(wg.FLIP)
-    np.testing.assert_allclose(flipped, U[f][:, f], rtol=1e-12, atol=1e-12)
+    x = rng.standard_normal((1, 1, 6, 6))  # padding 1: tiles (3, 3), tile (1, 2) reads padded rows 2-5, cols 4-7
+    V = wg.input_transform(x, (1, 1), (3, 3)).reshape(4, 4, 3, 4)
+    patch = np.pad(x[0, 0], 1)[2:6, 4:8]
+    np.testing.assert_allclose(V[:, :, 1, 2], B_T @ patch @ B_T.T, rtol=1e-12, atol=1e-12)
+    M = rng.standard_normal((16, 1, 3 * 4))
+    out = wg.output_transform(M, np.empty((1, 1, 6, 6)))
+    np.testing.assert_allclose(out[0, 0, 2:4, 4:6], A_T @ M.reshape(4, 4, 3, 4)[:, :, 1, 2] @ A_T.T, rtol=1e-12)
 
 
 def test_float32_error_is_rounding(rng):
@@ -130,10 +145,10 @@ def test_threaded_transforms_equal_serial(monkeypatch, rng, threads):
     x, w = rng.standard_normal((2, 5, 9, 8)), rng.standard_normal((7, 5, 3, 3))
     g = rng.standard_normal((2, 7, 9, 8))
     monkeypatch.setenv("MINIMASK_NUM_THREADS", "1")
-    ref = (wg.winograd_conv(x, w, (1, 1)), wg.winograd_input_grad(g, w, (1, 1)), wg.winograd_weight_grad(x, g, (1, 1)))
+    ref = (wg.winograd_conv(x, w, (1, 1)),) + wg.winograd_backward(g, w, (1, 1), x.shape, x)
     monkeypatch.setenv("MINIMASK_NUM_THREADS", threads)
     assert backend.host_threads() == int(threads)
-    got = (wg.winograd_conv(x, w, (1, 1)), wg.winograd_input_grad(g, w, (1, 1)), wg.winograd_weight_grad(x, g, (1, 1)))
+    got = (wg.winograd_conv(x, w, (1, 1)),) + wg.winograd_backward(g, w, (1, 1), x.shape, x)
     for a, b in zip(got, ref, strict=True):
         np.testing.assert_array_equal(a, b)
 
@@ -150,12 +165,36 @@ def test_split_map_covers_the_range_once_and_raises():
         backend.split_map(boom, 4)
 
 
+def test_kept_V_gives_the_recomputed_gradients(monkeypatch, rng):
+    """The forward's V, kept in the cache, and V recomputed in backward give the same dW bits."""
+    x, w = rng.standard_normal((2, 4, 7, 6)).astype(np.float32), rng.standard_normal((5, 4, 3, 3)).astype(np.float32)
+    g = rng.standard_normal((2, 5, 7, 6)).astype(np.float32)
+    with forced_winograd():
+        out, cache = conv2d_forward(x, w, None, padding=1)
+        assert len(cache[-1]) == 1 and cache[-1][0].shape == (16, 4, 2 * 4 * (3 + 1))  # (16, C, n * th * (tw + 1))
+        kept = conv2d_backward(g, cache)
+        monkeypatch.setattr(conv, "WINOGRAD_KEEP_V", False)
+        out2, cache2 = conv2d_forward(x, w, None, padding=1)
+        assert cache2[-1] == []
+        recomputed = conv2d_backward(g, cache2)
+    np.testing.assert_array_equal(out, out2)
+    for a, b in zip(kept[:2], recomputed[:2], strict=True):
+        np.testing.assert_array_equal(a, b)
+    monkeypatch.setattr(conv, "WINOGRAD_KEEP_V", True)
+    with forced_winograd():
+        _, cache = conv2d_forward(x, w, None, padding=1)  # one chunk kept...
+        monkeypatch.setattr(conv_paths, "COL_BUDGET_BYTES", 1)  # ...backward in two: V is recomputed
+        chunked = conv2d_backward(g, cache)
+    for a, b in zip(chunked[:2], recomputed[:2], strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
 def test_chunked_winograd_equals_unchunked(monkeypatch, rng):
     x, w = rng.standard_normal((3, 4, 8, 7)), rng.standard_normal((5, 4, 3, 3))
     g = rng.standard_normal((3, 5, 8, 7))
-    ref = (wg.winograd_conv(x, w, (1, 1)), wg.winograd_input_grad(g, w, (1, 1)), wg.winograd_weight_grad(x, g, (1, 1)))
+    ref = (wg.winograd_conv(x, w, (1, 1)),) + wg.winograd_backward(g, w, (1, 1), x.shape, x)
     monkeypatch.setattr(conv_paths, "COL_BUDGET_BYTES", 1)  # one image per chunk
-    got = (wg.winograd_conv(x, w, (1, 1)), wg.winograd_input_grad(g, w, (1, 1)), wg.winograd_weight_grad(x, g, (1, 1)))
+    got = (wg.winograd_conv(x, w, (1, 1)),) + wg.winograd_backward(g, w, (1, 1), x.shape, x)
     for a, b in zip(got, ref, strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
 
