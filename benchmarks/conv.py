@@ -9,7 +9,8 @@ torch.nn.functional.conv2d / conv_transpose2d on the same shapes when torch is i
 
 FLOPs: forward = 2 * N * O * C * kh * kw * Hout * Wout (deconvolution: the same with the roles of
 input and output swapped); forward+backward = 3x that (dX and dW each cost one forward's worth).
-Times are the best of --repeat rounds; each round runs the matmul, the conv and torch's in turn.
+Times are the best of --repeat rounds; each round runs the matmul and the conv in turn (torch's
+rounds come after, on their own).
 
 Path: the GEMM path conv2d chose for the forward ("winograd", "shifted", "im2col", "1x1"; see
 minimask/conv.py); --path forces one where it applies. Winograd rows do 2.25x fewer multiplications
@@ -44,7 +45,7 @@ LAYERS = [
     ("3x3 256->256 @32", "conv", 1, 256, 256, 3, 1, 1, 32),
     ("3x3 512->512 @16", "conv", 1, 512, 512, 3, 1, 1, 16),
     ("FPN 3x3 256->256 @128", "conv", 1, 256, 256, 3, 1, 1, 128),
-    # batched small maps: the mask head on R RoIs, a batch of 8 small images
+    # batched small maps, beyond the list: the mask head on R RoIs, a batch of 8 small images
     ("mask 3x3 256 @14 x100", "conv", 100, 256, 256, 3, 1, 1, 14),
     ("mask 3x3 64 @14 x256", "conv", 256, 64, 64, 3, 1, 1, 14),
     ("3x3 64->64 @32 x8", "conv", 8, 64, 64, 3, 1, 1, 32),
@@ -54,6 +55,7 @@ LAYERS = [
     ("deconv 2x2/2 256 @14 x100", "deconv", 100, 256, 256, 2, 2, 0, 14),
     ("mask 1x1 256->4 @28 x100", "conv", 100, 256, 4, 1, 1, 0, 28),
 ]
+N_TARGET_LAYERS = 6  # the first six rows are the layer shapes the conv speed target is set on
 
 
 def interleaved_best(fns, repeat):
@@ -143,9 +145,10 @@ def bench_layer(layer, repeat, torch):
         def t_fb():
             tf(tx, tw, stride=s, padding=p).backward(tg)
 
-        fns.update(t_fwd=t_fwd, t_fb=t_fb)
     row.update(interleaved_best(fns, repeat))
     row["mm"] = mm_flops / row["mm"] / 1e9
+    if torch is not None:  # afterwards, on its own: its OpenMP threads would perturb the pairs above
+        row.update(interleaved_best({"t_fwd": t_fwd, "t_fb": t_fb}, repeat))
     return row
 
 
@@ -177,9 +180,12 @@ def main():
         head += f" {'torch fwd GF/s':>15s} {'torch fb GF/s':>14s}"
     print(head)
     keys = [s.strip() for s in args.layers.split(",") if s.strip()]
-    for layer in LAYERS:
+    for i, layer in enumerate(LAYERS):
         if keys and not any(k in layer[0] for k in keys):
             continue
+        if i == 0 or i == N_TARGET_LAYERS:
+            print("-- " + ("ResNet-50-FPN layers of one 512x512 image (target: every 3x3 fb/mm >= 75%)" if i == 0
+                           else "batched small maps of training (the mask head, small images; no target)"))
         r = bench_layer(layer, args.repeat, torch)
         f_gf, fb_gf = r["flops"] / r["fwd"] / 1e9, 3 * r["flops"] / r["fb"] / 1e9
         line = (f"{r['name']:26s} {r['fwd'] * 1e3:8.2f} {f_gf:6.1f} {r['fb'] * 1e3:11.2f} {fb_gf:6.1f} "
