@@ -169,7 +169,7 @@ def host_threads() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
-def split_map(fn, n, xp=np, min_per_part=1):
+def split_map(fn, n, xp=np):
     """Call fn(i0, i1) on consecutive parts of range(n), in parallel threads on the CPU.
 
     BLAS already uses every core for the GEMMs; the additions around them (Winograd's transforms)
@@ -177,7 +177,7 @@ def split_map(fn, n, xp=np, min_per_part=1):
     channels runs them on all cores (1.4-1.8x on 2 cores). fn must write disjoint outputs.
     CuPy: one call over the whole range (the GPU is already parallel).
     """
-    parts = 1 if xp is not np else max(1, min(host_threads(), n // max(min_per_part, 1)))
+    parts = 1 if xp is not np else max(1, min(host_threads(), n))
     bounds = [(n * k // parts, n * (k + 1) // parts) for k in range(parts)]
     if parts == 1:
         fn(0, n)

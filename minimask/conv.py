@@ -149,7 +149,7 @@ def _choose_path(x_shape, n_out, kernel, stride, padding, dilation):
     return "shifted" if shifted_extra < IM2COL_COPY_COST / n_out else "im2col"
 
 
-def _stride1_conv(x, weight, padding, dilation):
+def _stride1_conv(x, weight, padding, dilation, keep=None):
     """A stride-1 conv2d on the path `_choose_path` picks (padding may be negative: it crops)."""
     x, padding = conv_paths.crop_negative_padding(x, padding)
     O, _, kh, kw = weight.shape
@@ -158,7 +158,7 @@ def _stride1_conv(x, weight, padding, dilation):
     if path == "1x1":
         return _pointwise_conv(x, weight, (1, 1), padding, out_hw)
     if path == "winograd":
-        return winograd.winograd_conv(x, weight, padding)
+        return winograd.winograd_conv(x, weight, padding, keep=keep)
     if path == "shifted":
         return conv_paths.shifted_conv(x, weight, padding, dilation)
     return conv_paths.im2col_conv(x, weight, (1, 1), padding, dilation, out_hw)
@@ -197,12 +197,12 @@ def _pointwise_weight_grad(x, dout, stride, padding):
 
 
 # --- conv2d ------------------------------------------------------------------------------------------
-def _conv2d_core(x, weight, stride, padding, dilation):
-    """conv2d without bias or checks, on the path `_choose_path` picks."""
+def _conv2d_core(x, weight, stride, padding, dilation, keep=None):
+    """conv2d without bias or checks, on the path `_choose_path` picks; `keep` receives Winograd's V."""
     O, _, kh, kw = weight.shape
     out_hw = _output_hw(x.shape, weight.shape, (kh, kw), stride, padding, dilation)
     if stride == (1, 1):
-        return _stride1_conv(x, weight, padding, dilation)
+        return _stride1_conv(x, weight, padding, dilation, keep)
     if _choose_path(x.shape, O, (kh, kw), stride, padding, dilation) == "1x1":
         return _pointwise_conv(x, weight, stride, padding, out_hw)
     return conv_paths.im2col_conv(x, weight, stride, padding, dilation, out_hw)
@@ -268,11 +268,8 @@ def conv2d_forward(x, weight, bias=None, stride=1, padding=0, dilation=1):
     s, p, d = _settings(stride, padding, dilation)
     dtype = _common_dtype(xp, x, weight, bias)
     x, weight = x.astype(dtype, copy=False), weight.astype(dtype, copy=False)
-    kept = []  # the Winograd path keeps its transformed input V for the weight gradient
-    if _choose_path(x.shape, weight.shape[0], weight.shape[2:], s, p, d) == "winograd":
-        out = winograd.winograd_conv(x, weight, p, keep=kept if WINOGRAD_KEEP_V else None)
-    else:
-        out = _conv2d_core(x, weight, s, p, d)
+    kept = []  # the Winograd path keeps its transformed input V here, for the weight gradient
+    out = _conv2d_core(x, weight, s, p, d, keep=kept if WINOGRAD_KEEP_V else None)
     if bias is not None:
         out += bias.astype(dtype, copy=False)[:, None, None]
     return out, (x, weight, bias is not None, s, p, d, kept)
