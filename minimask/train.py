@@ -3,9 +3,10 @@
 With no arguments it generates the synthetic shapes dataset, trains a small ResNet-FPN Mask R-CNN
 from scratch on the CPU, evaluates it with COCOeval on the val split (the 12 standard numbers for
 bbox and segm) and draws pictures. Presets: `shapes` (default), `coco128` (../shared/data/coco128
-or $MINIMASK_DATA/coco128), `coco-r50-fpn-1x` (full COCO: batch 16, LR 0.02, 90k iterations, steps
-at 60k and 80k, warmup). Every field of `TrainConfig` is a `--flag` (`--help` lists them);
-`--set name=value` changes any model configuration field (see config.py and rpn.py).
+or $MINIMASK_DATA/coco128; never the package's 10-image sample), `coco-r50-fpn-1x` (full COCO:
+batch 16, LR 0.02, 90k iterations, steps at 60k and 80k, warmup). Every field of `TrainConfig` is a
+`--flag` (`--help` lists them); `--set name=value` changes any model configuration field (see config.py
+and rpn.py).
 
 A run directory holds: config.json (the resolved configuration), metrics.jsonl (one line per
 logged iteration: LR, each loss, time), checkpoints (model, optimizer, scheduler, iteration and
@@ -413,7 +414,7 @@ def main(argv=None):
     os.environ.setdefault("PYTHONHASHSEED", str(cfg.seed))
     try:
         train(cfg)
-    except NonFiniteLoss as e:
+    except (NonFiniteLoss, FileNotFoundError) as e:   # both messages name the file and what to do
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0
