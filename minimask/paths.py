@@ -68,8 +68,8 @@ def coco128_dir(explicit_data=None):
     raise FileNotFoundError(
         f"coco128 not found (need train2017/ and annotations/ inside). Looked in:\n  {where}\n"
         f"Set {ENV_VAR}=/path/to/data (the folder that contains coco128/) or pass the path explicitly.\n"
-        f"(The package ships a 10-image sample in coco128's layout, {SAMPLE_DIR}, which the chapters use "
-        f"when coco128 is absent; pass it as a data folder on purpose if that is what you want.)"
+        f"(The package ships a 10-image sample in coco128's layout, {SAMPLE_DIR}: the chapters use it when "
+        f"coco128 is absent; to train on it on purpose, pass --data-dir {SAMPLE_DIR}.)"
     )
 
 

@@ -1,4 +1,4 @@
-"""The COCO data pipeline: coco128 and shapes, masks vs boxes, flips, batching, resume, bad input."""
+"""The COCO data pipeline: coco128, the package's sample, shapes; masks vs boxes, flips, batching, resume, bad input."""
 
 import json
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from minimask import paths
-from minimask.data import CocoDataset, DataError, DataLoader, hflip, shapes_paths
+from minimask.data import CocoDataset, DataError, DataLoader, coco_paths, hflip, shapes_paths
 from minimask.shapes import generate_shapes
 
 
@@ -17,6 +17,14 @@ def coco128():
     except FileNotFoundError as e:
         pytest.skip(f"coco128 not available: {e}")
     return CocoDataset(root / "train2017", root / "annotations" / "instances_train2017.json")
+
+
+@pytest.fixture(scope="module", params=["coco128", "sample"])
+def coco(request):
+    """Real COCO data both ways: coco128 (skipped when absent) and the package's sample (always there)."""
+    if request.param == "sample":
+        return CocoDataset(*coco_paths(paths.SAMPLE_DIR, "train2017"))
+    return request.getfixturevalue("coco128")
 
 
 @pytest.fixture(scope="module")
@@ -53,14 +61,14 @@ def test_coco128_items(coco128):
     assert (n_ann, n_crowd, n_empty) == (939, 10, 2)  # counts stated in coco128's SOURCE.md
 
 
-def test_labels_map_back_to_coco_category_ids(coco128):
-    t = coco128.load_target(0)
-    anns = coco128.coco.loadAnns(coco128.coco.getAnnIds(imgIds=t["image_id"]))
-    assert sorted(coco128.label_to_cat_id[t["labels"]].tolist()) == sorted(a["category_id"] for a in anns)
+def test_labels_map_back_to_coco_category_ids(coco):
+    t = coco.load_target(0)
+    anns = coco.coco.loadAnns(coco.coco.getAnnIds(imgIds=t["image_id"]))
+    assert sorted(coco.label_to_cat_id[t["labels"]].tolist()) == sorted(a["category_id"] for a in anns)
 
 
-def test_image_is_chw_float_in_unit_range(coco128):
-    image, _ = coco128[0]
+def test_image_is_chw_float_in_unit_range(coco):
+    image, _ = coco[0]
     assert image.dtype == np.float32 and image.shape[0] == 3 and 0 <= image.min() and image.max() <= 1
 
 
@@ -95,12 +103,12 @@ def test_loader_is_deterministic_and_resumes_exactly(shapes):
     assert ids(DataLoader(shapes, batch_size=3, flip_prob=0.5, seed=2), 0, 12) != full
 
 
-def test_one_epoch_visits_every_image_once_grouped_by_aspect(coco128):
-    loader = DataLoader(coco128, batch_size=4, seed=0)
+def test_one_epoch_visits_every_image_once_grouped_by_aspect(coco):
+    loader = DataLoader(coco, batch_size=4, seed=0)
     batches = loader.epoch_batches(0)
-    assert sorted(i for b in batches for i in b) == list(range(len(coco128)))
+    assert sorted(i for b in batches for i in b) == list(range(len(coco)))
     for b in batches:
-        assert len({coco128.aspect_ratio(i) >= 1 for i in b}) == 1
+        assert len({coco.aspect_ratio(i) >= 1 for i in b}) == 1
 
 
 # --- bad input ---------------------------------------------------------------------------------
