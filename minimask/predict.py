@@ -17,7 +17,9 @@ import numpy as np
 from PIL import Image
 
 from .backend import keep_freed_host_memory, to_host
-from .data import to_chw_float
+from .coco_check import resize_problem
+from .data import DataError, to_chw_float
+from .errors import run_cli
 from .tape import no_grad
 from .viz import draw_instances
 
@@ -25,12 +27,12 @@ from .viz import draw_instances
 def read_image(path):
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: image not found")
+        raise DataError(f"{path}: image not found")
     try:
         with Image.open(path) as im:
             return np.asarray(im.convert("RGB"))
     except OSError as e:
-        raise ValueError(f"{path}: cannot read as an image ({e})") from None
+        raise DataError(f"{path}: cannot read as an image ({e})") from None
 
 
 def main(argv=None):
@@ -48,6 +50,9 @@ def main(argv=None):
     out_dir.mkdir(parents=True, exist_ok=True)
     for path in args.images:
         image = read_image(path)
+        problem = resize_problem(*image.shape[:2], model.config.transform.min_size, model.config.transform.max_size)
+        if problem:
+            raise DataError(f"{path}: {problem}")
         with no_grad():
             det = model([to_chw_float(image)])[0]
         keep = to_host(det["scores"]) >= args.score_thresh
@@ -64,4 +69,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))
