@@ -29,7 +29,7 @@ from .errors import MinimaskError
 MANIFEST = "manifest.json"
 # names a run writes: a folder holding one of these that is not in its manifest is not ours to touch
 RUN_FILES = ("config.json", "metrics.jsonl", "model_final.npz", "summary.json", "skipped.json", "losses.png",
-             "predictions.png", "eval", MANIFEST)
+             "predictions.png", "eval/results.json", "eval/metrics.json", MANIFEST)
 RUN_FILE_PATTERN = re.compile(r"checkpoint_\d{7,}\.npz")
 RESUME_MAY_CHANGE = {
     "iterations": "may grow: train longer than first planned (not below the checkpoint's iteration)",
@@ -62,10 +62,11 @@ def atomic_write_text(path: Path, text: str):
 
 
 def _run_like(path: Path):
-    """Entries of `path` that have the name of a file a run writes."""
+    """Files in `path` that have the name of a file a run writes."""
     if not path.is_dir():
         return []
-    return sorted(p.name for p in path.iterdir() if p.name in RUN_FILES or RUN_FILE_PATTERN.fullmatch(p.name))
+    ckpts = [p.name for p in path.glob("checkpoint_*.npz") if RUN_FILE_PATTERN.fullmatch(p.name)]
+    return sorted([name for name in RUN_FILES if (path / name).is_file()] + ckpts)
 
 
 def holds_run(path: Path) -> bool:
@@ -91,7 +92,7 @@ class RunDir:
                 raise RunDirError(f"{manifest}: unreadable manifest ({e}); minimask cannot tell its files apart "
                                   "from yours here, so it writes nothing") from None
         elif adopt:   # --resume of a run written before manifests: its run files are its own
-            self.written = set(_run_like(self.path)) | {f"eval/{p.name}" for p in (self.path / "eval").glob("*")}
+            self.written = set(_run_like(self.path))
             self._save()
 
     def _save(self):

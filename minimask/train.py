@@ -382,11 +382,11 @@ def train(cfg: TrainConfig, progress=True, interrupt_at=None, given=None):
             try:
                 losses = model(images, targets, rng=rng)
             except NonFiniteError as e:   # a loss met NaN/inf logits: the weights have diverged
-                raise NonFiniteLoss(_diverged(f"non-finite loss at iteration {it} ({e})", run_dir)) from None
+                raise NonFiniteLoss(_diverged(f"non-finite loss at iteration {it + 1} ({e})", run_dir)) from None
             values = {k: float(to_host(v.data)) for k, v in losses.items()}
             total = sum(values.values())
             if not math.isfinite(total):
-                raise NonFiniteLoss(_diverged(f"non-finite loss at iteration {it}: {values}", run_dir))
+                raise NonFiniteLoss(_diverged(f"non-finite loss at iteration {it + 1}: {values}", run_dir))
             loss = None
             for v in losses.values():
                 loss = v if loss is None else loss + v
@@ -395,7 +395,7 @@ def train(cfg: TrainConfig, progress=True, interrupt_at=None, given=None):
             loss.backward()
             grad_norm = float(to_host(clip_grad_norm_(model.parameters(), cfg.clip_grad_norm or math.inf)))
             if not math.isfinite(grad_norm):   # checked before the step: the weights stay those of iteration it
-                raise NonFiniteLoss(_diverged(f"non-finite gradient norm ({grad_norm}) at iteration {it}", run_dir))
+                raise NonFiniteLoss(_diverged(f"non-finite gradient norm ({grad_norm}) at iteration {it + 1}", run_dir))
             lr = scheduler.get_last_lr()[0]
             optimizer.step()
             scheduler.step()
