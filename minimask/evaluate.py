@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 from .backend import keep_freed_host_memory, to_host
 from .errors import run_cli
+from .rundir import output_folder
 
 STAT_NAMES = [
     "AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl",
@@ -141,6 +142,8 @@ def main(argv=None):
     dataset = build_dataset(cfg, args.split or cfg.val_split)
     dataset.check_sizes(model.config.transform.min_size, model.config.transform.max_size)
     out_dir = args.output_dir or Path(args.checkpoint).parent / "eval"
+    outputs = output_folder(out_dir)   # results.json and metrics.json: never over a file minimask did not write
+    outputs.file("results.json"), outputs.file("metrics.json")
     metrics = evaluate_model(model, dataset, batch_size=args.batch_size, out_dir=out_dir, limit=args.limit)
     print(f"\nbbox AP {metrics['bbox']['AP']:.3f}   segm AP {metrics['segm']['AP']:.3f}   -> {out_dir}")
     return 0

@@ -103,7 +103,7 @@ class RunDir:
         target = self.path / name
         if name not in self.written:
             if target.exists():
-                raise RunDirError(f"{target} exists and was not written by this run; minimask never "
+                raise RunDirError(f"{target} exists and is not listed in {self.path / MANIFEST}: minimask never "
                                   "overwrites a file it did not write (move it, or choose another --output-dir)")
             self.written.add(name)
             self._save()
@@ -127,6 +127,17 @@ class RunDir:
                 d.rmdir()
         self.written = set()
         self._save()
+
+
+def output_folder(folder) -> RunDir:
+    """A RunDir for the outputs of evaluate / predict in `folder`: a file there may be rewritten only
+    when minimask wrote it (listed in this folder's manifest, or in its run's when it is `eval/` of one)."""
+    folder = Path(folder)
+    out = RunDir(folder)
+    if (folder.parent / MANIFEST).is_file():
+        prefix = folder.name + "/"
+        out.written |= {n[len(prefix):] for n in RunDir(folder.parent).written if n.startswith(prefix)}
+    return out
 
 
 def _numbered(base: Path):
@@ -226,5 +237,5 @@ def read_run_config(run: RunDir):
         raise RunDirError(f"{p}: unreadable ({e})") from None
 
 
-__all__ = ["RunDir", "RunDirError", "choose_run_dir", "merge_resume_config", "read_run_config", "holds_run",
-           "atomic_write_text", "RESUME_MAY_CHANGE"]
+__all__ = ["RunDir", "RunDirError", "choose_run_dir", "output_folder", "merge_resume_config", "read_run_config",
+           "holds_run", "atomic_write_text", "RESUME_MAY_CHANGE"]

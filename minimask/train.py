@@ -309,7 +309,8 @@ def _diverged(what, run_dir):
 
 def write_skipped(run, datasets):
     """--skip-bad: print how many annotations and images were skipped and save them to skipped.json."""
-    records = [r for ds in datasets for r in ds.skipped_records.values()]
+    unique = {(r["file"], r["image_id"], r["annotation_id"]): r for ds in datasets for r in ds.skipped_records.values()}
+    records = list(unique.values())   # train and val may be the same file
     run.write_text("skipped.json", json.dumps({"count": len(records), "skipped": records}, indent=1))
     n_img = sum(r["annotation_id"] is None for r in records)
     print(f"--skip-bad: skipped {len(records) - n_img} annotation(s) and {n_img} image(s); "

@@ -94,3 +94,19 @@ def test_resume_takes_the_run_configuration_and_records_what_changed(interrupted
     config = json.loads((out / "config.json").read_text())
     assert (config["lr"], config["iterations"]) == (0.01, 3)
     assert (out / "checkpoint_0000003.npz").is_file()
+
+
+def test_evaluate_and_predict_never_write_over_a_users_file(done_run, tmp_path, data_dir):
+    from minimask import evaluate, predict
+
+    ckpt = str(done_run / "model_final.npz")
+    assert evaluate.main(["--checkpoint", ckpt]) == 0                 # eval/ of its own run: rewritten
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "results.json").write_text("my results")
+    (mine / "000001.png").write_bytes(b"my picture")
+    with pytest.raises(ValueError, match="results.json exists and is not listed in"):
+        evaluate.main(["--checkpoint", ckpt, "--output-dir", str(mine)])
+    with pytest.raises(ValueError, match="000001.png exists and is not listed in"):
+        predict.main([f"{data_dir}/images/val/000001.png", "--checkpoint", ckpt, "--output-dir", str(mine)])
+    assert (mine / "results.json").read_text() == "my results" and (mine / "000001.png").read_bytes() == b"my picture"
