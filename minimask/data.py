@@ -10,7 +10,9 @@ A dataset item is `(image, target)`:
         image_id  int             COCO image id
 Images without annotations are kept (N = 0). Bad data — malformed JSON, a missing image file, an
 annotation whose box or mask does not fit its image — raises `DataError` naming the file and the
-annotation id; with `skip_bad=True` such annotations (or images) are skipped and counted instead.
+annotation id; with `skip_bad=True` such annotations (or images) are skipped and recorded in
+`skipped_records` instead (found up front where the JSON alone tells: missing files, boxes, ids).
+Loading a file runs the validation pass of coco_check.py (structure, ids, references, sizes).
 
 Batching: `DataLoader` groups images by aspect ratio (landscape / portrait, as torchvision's
 GroupedBatchSampler) so padded batches waste little, and decodes the next batches in background
@@ -138,15 +140,14 @@ class CocoDataset:
                 reason = self._problem(ann, info["height"], info["width"])
                 if reason is not None:
                     self._bad(ann["id"], reason, info["id"], ann["id"])
-            for i in list(self.ids):   # a missing image file: no batch will ever ask for it
-                path = self.image_dir / self.coco.imgs[i]["file_name"]
-                if not path.is_file():
-                    self.exclude(i, f"{path}: image file not found")
+            paths = {i: self.image_dir / self.coco.imgs[i]["file_name"] for i in self.ids}
+            self.exclude({i: f"{p}: image file not found" for i, p in paths.items() if not p.is_file()})
 
-    def exclude(self, image_id, reason):
-        """Drop an image from the dataset (with --skip-bad), recording why."""
-        self.ids = [i for i in self.ids if i != image_id]
-        self._bad(f"image {image_id}", reason, image_id, None)
+    def exclude(self, reasons):
+        """Drop images from the dataset (with --skip-bad), recording why: {image id: reason}."""
+        self.ids = [i for i in self.ids if i not in reasons]
+        for i, reason in reasons.items():
+            self._bad(f"image {i}", reason, i, None)
 
     def check_sizes(self, min_size, max_size):
         """Find images the resize would make 0 pixels thin: DataError naming them (or skip them)."""
@@ -158,8 +159,7 @@ class CocoDataset:
                 bad[i] = f"{self.image_dir / info['file_name']} (image id {i} in {self.ann_file}): {reason}"
         if bad and not self.skip_bad:
             raise DataError(report(list(bad.values()), self.ann_file))
-        for i, reason in bad.items():
-            self.exclude(i, reason)
+        self.exclude(bad)
 
     @property
     def num_classes(self):

@@ -142,8 +142,9 @@ def main(argv=None):
     dataset = build_dataset(cfg, args.split or cfg.val_split)
     dataset.check_sizes(model.config.transform.min_size, model.config.transform.max_size)
     out_dir = args.output_dir or Path(args.checkpoint).parent / "eval"
-    outputs = output_folder(out_dir)   # results.json and metrics.json: never over a file minimask did not write
-    outputs.file("results.json"), outputs.file("metrics.json")
+    outputs = output_folder(out_dir)   # never written over a file minimask did not write
+    for name in ("results.json", "metrics.json"):
+        outputs.file(name)
     metrics = evaluate_model(model, dataset, batch_size=args.batch_size, out_dir=out_dir, limit=args.limit)
     print(f"\nbbox AP {metrics['bbox']['AP']:.3f}   segm AP {metrics['segm']['AP']:.3f}   -> {out_dir}")
     return 0

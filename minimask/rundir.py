@@ -117,6 +117,8 @@ class RunDir:
     def remove_written(self):
         """Delete the files this run wrote (and folders they leave empty); nothing else."""
         for name in sorted(self.written, key=lambda n: n.count("/"), reverse=True):
+            if Path(name).is_absolute() or ".." in Path(name).parts:
+                continue   # a manifest never names a file outside its run directory; never follow one that does
             p = self.path / name
             if p.is_file() or p.is_symlink():
                 p.unlink()

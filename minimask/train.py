@@ -286,10 +286,11 @@ def open_run(cfg: TrainConfig, given=None):
     """
     run = choose_run_dir(cfg.output_dir, str(Path("runs") / cfg.preset), cfg.resume, cfg.overwrite)
     found = None
-    if cfg.resume:
+    if cfg.resume or cfg.overwrite:
         removed = remove_stale_temp_files(run.path)
         if removed:
             print(f"removed {len(removed)} half-written temporary file(s) an interrupted run left in {run.path}")
+    if cfg.resume:
         found = latest_valid_checkpoint(run.path)
         saved = read_run_config(run) or (found[2]["config"] if found else None)
         if saved is not None:
@@ -425,7 +426,8 @@ def train(cfg: TrainConfig, progress=True, interrupt_at=None, given=None):
     from .evaluate import evaluate_model
     from .viz import plot_losses, plot_predictions
 
-    run.file("eval/results.json"), run.file("eval/metrics.json")
+    for name in ("eval/results.json", "eval/metrics.json"):   # recorded before evaluate_model writes them
+        run.file(name)
     metrics = evaluate_model(model, val_set, batch_size=cfg.batch_size, out_dir=run_dir / "eval",
                              progress=progress, limit=cfg.eval_limit or None)
     plot_losses(metrics_path, run.file("losses.png"))

@@ -110,3 +110,16 @@ def test_evaluate_and_predict_never_write_over_a_users_file(done_run, tmp_path, 
     with pytest.raises(ValueError, match="000001.png exists and is not listed in"):
         predict.main([f"{data_dir}/images/val/000001.png", "--checkpoint", ckpt, "--output-dir", str(mine)])
     assert (mine / "results.json").read_text() == "my results" and (mine / "000001.png").read_bytes() == b"my picture"
+
+
+def test_overwrite_never_follows_a_manifest_outside_its_folder(tmp_path):
+    from minimask.rundir import RunDir, choose_run_dir
+
+    outside = tmp_path / "outside.txt"
+    outside.write_text("not the run's")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text("{}")
+    (run / "manifest.json").write_text(json.dumps({"files": ["config.json", "../outside.txt", str(outside)]}))
+    assert isinstance(choose_run_dir(str(run), "", overwrite=True, log=lambda *a: None), RunDir)
+    assert outside.read_text() == "not the run's" and not (run / "config.json").exists()
