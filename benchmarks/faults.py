@@ -211,9 +211,10 @@ def bad_input_cases(work):
 
     for kind in ("truncated", "bit-flipped", "empty"):
         bad = broken(kind)
-        rows.append((f"evaluate with a {kind} checkpoint", _classify(_cli("evaluate", ["--checkpoint", str(bad)], work),
-                                                                 bad)))
-        rows.append((f"predict with a {kind} checkpoint", _classify(
+        a = "an" if kind == "empty" else "a"
+        rows.append((f"evaluate with {a} {kind} checkpoint", _classify(
+            _cli("evaluate", ["--checkpoint", str(bad)], work), bad)))
+        rows.append((f"predict with {a} {kind} checkpoint", _classify(
             _cli("predict", [str(val_image), "--checkpoint", str(bad)], work), bad)))
     run_dir = work / "resume-corrupt"
     shutil.copytree(base, run_dir)

@@ -116,15 +116,13 @@ class RunDir:
 
     def remove_written(self):
         """Delete the files this run wrote (and folders they leave empty); nothing else."""
-        for name in sorted(self.written, key=lambda n: n.count("/"), reverse=True):
-            if Path(name).is_absolute() or ".." in Path(name).parts:
-                continue   # a manifest never names a file outside its run directory; never follow one that does
+        # a manifest never names a file outside its run directory; never follow one that does
+        inside = [n for n in self.written if not Path(n).is_absolute() and ".." not in Path(n).parts]
+        for name in inside:
             p = self.path / name
             if p.is_file() or p.is_symlink():
                 p.unlink()
-            elif p.is_dir() and not any(p.iterdir()):
-                p.rmdir()
-        for d in {(self.path / n).parent for n in self.written} - {self.path}:
+        for d in sorted({(self.path / n).parent for n in inside} - {self.path}, key=lambda d: -len(d.parts)):
             if d.is_dir() and not any(d.iterdir()):
                 d.rmdir()
         self.written = set()
