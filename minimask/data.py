@@ -10,7 +10,9 @@ A dataset item is `(image, target)`:
         image_id  int             COCO image id
 Images without annotations are kept (N = 0). Bad data — malformed JSON, a missing image file, an
 annotation whose box or mask does not fit its image — raises `DataError` naming the file and the
-annotation id; with `skip_bad=True` such annotations (or images) are skipped and counted instead.
+annotation id; with `skip_bad=True` such annotations (or images) are skipped and recorded in
+`skipped_records` instead (found up front where the JSON alone tells: missing files, boxes, ids).
+Loading a file runs the validation pass of coco_check.py (structure, ids, references, sizes).
 
 Batching: `DataLoader` groups images by aspect ratio (landscape / portrait, as torchvision's
 GroupedBatchSampler) so padded batches waste little, and decodes the next batches in background
@@ -33,15 +35,20 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
+from .coco_check import report, resize_problem, validate_coco
+from .errors import MinimaskError
+
 BOX_TOLERANCE = 1.0  # pixels a COCO box may stick out of its image before it counts as inconsistent
 
 
-class DataError(ValueError):
+class DataError(MinimaskError):
     """A problem with the data on disk; the message names the file (and annotation id)."""
 
 
-def load_coco_json(path):
-    """Read an instances JSON with clear errors, returning a `pycocotools.coco.COCO` index."""
+def load_coco_json(path, skip_bad=False):
+    """Read and validate an instances JSON (coco_check.validate_coco) with errors naming the file
+    and record, returning a `pycocotools.coco.COCO` index. With `skip_bad`, annotations of images
+    that do not exist are dropped (listed in `.orphans`) instead of stopping."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: annotation file not found")
@@ -50,23 +57,18 @@ def load_coco_json(path):
             doc = json.load(f)
     except json.JSONDecodeError as e:
         raise DataError(f"{path}: malformed JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
-    if not isinstance(doc, dict):
-        raise DataError(f"{path}: expected a JSON object with 'images', 'annotations', 'categories'")
-    for key in ("images", "categories"):
-        if not isinstance(doc.get(key), list):
-            raise DataError(f"{path}: missing or non-list '{key}'")
+    problems, orphans = validate_coco(doc, path)   # structure, ids, references, sizes
+    if problems:
+        raise DataError(problems[0] if len(problems) == 1 else report(problems, path))
+    if orphans and not skip_bad:
+        raise DataError(report(list(orphans.values()), path))
     doc.setdefault("annotations", [])
-    for i, im in enumerate(doc["images"]):
-        missing = [k for k in ("id", "file_name", "height", "width") if k not in im]
-        if missing:
-            raise DataError(f"{path}: images[{i}] lacks {missing}")
-    for i, ann in enumerate(doc["annotations"]):
-        missing = [k for k in ("id", "image_id", "category_id", "bbox") if k not in ann]
-        if missing:
-            raise DataError(f"{path}: annotations[{i}] (id {ann.get('id')}) lacks {missing}")
+    dropped = [doc["annotations"][i] for i in orphans]
+    doc["annotations"] = [a for i, a in enumerate(doc["annotations"]) if i not in orphans]
     coco = COCO()
     coco.dataset = doc
     coco.createIndex()  # pycocotools prints a line here; it is its own progress message
+    coco.orphans = [(a, orphans[i]) for i, a in zip(orphans, dropped, strict=True)]
     return coco
 
 
@@ -116,10 +118,13 @@ class CocoDataset:
         self.ann_file = Path(ann_file)
         if not self.image_dir.is_dir():
             raise DataError(f"{self.image_dir}: image folder not found (annotations: {self.ann_file})")
-        self.coco = load_coco_json(self.ann_file)
+        self.coco = load_coco_json(self.ann_file, skip_bad=skip_bad)
         self.skip_bad = skip_bad
         self.skipped = {}  # annotation id (or "image <id>") -> reason, filled as items are read
+        self.skipped_records = {}  # same keys -> {file, image_id, annotation_id, image_file, reason}
         self._lock = threading.Lock()
+        for ann, reason in self.coco.orphans:
+            self._bad(ann["id"], reason, ann["image_id"], ann["id"])
         cats = sorted(self.coco.cats)
         self.cat_ids = cats
         self.cat_id_to_label = {c: i + 1 for i, c in enumerate(cats)}
@@ -129,6 +134,32 @@ class CocoDataset:
         if remove_images_without_annotations:
             ids = [i for i in ids if self.coco.getAnnIds(imgIds=i)]
         self.ids = ids
+        if skip_bad:   # found up front, so the report is complete before training starts
+            for ann in self.coco.dataset["annotations"]:
+                info = self.coco.imgs[ann["image_id"]]
+                reason = self._problem(ann, info["height"], info["width"])
+                if reason is not None:
+                    self._bad(ann["id"], reason, info["id"], ann["id"])
+            paths = {i: self.image_dir / self.coco.imgs[i]["file_name"] for i in self.ids}
+            self.exclude({i: f"{p}: image file not found" for i, p in paths.items() if not p.is_file()})
+
+    def exclude(self, reasons):
+        """Drop images from the dataset (with --skip-bad), recording why: {image id: reason}."""
+        self.ids = [i for i in self.ids if i not in reasons]
+        for i, reason in reasons.items():
+            self._bad(f"image {i}", reason, i, None)
+
+    def check_sizes(self, min_size, max_size):
+        """Find images the resize would make 0 pixels thin: DataError naming them (or skip them)."""
+        bad = {}
+        for i in self.ids:
+            info = self.coco.imgs[i]
+            reason = resize_problem(info["height"], info["width"], min_size, max_size)
+            if reason is not None:
+                bad[i] = f"{self.image_dir / info['file_name']} (image id {i} in {self.ann_file}): {reason}"
+        if bad and not self.skip_bad:
+            raise DataError(report(list(bad.values()), self.ann_file))
+        self.exclude(bad)
 
     @property
     def num_classes(self):
@@ -145,9 +176,13 @@ class CocoDataset:
         info = self.image_info(index)
         return info["width"] / info["height"]
 
-    def _bad(self, key, reason):
+    def _bad(self, key, reason, image_id, ann_id):
+        info = self.coco.imgs.get(image_id, {})
+        record = {"file": str(self.ann_file), "image_id": image_id, "annotation_id": ann_id,
+                  "image_file": info.get("file_name"), "reason": reason}
         with self._lock:
             self.skipped[key] = reason
+            self.skipped_records[key] = record
 
     def load_image(self, index):
         """uint8 (H, W, 3) RGB; checks the file against the JSON's width and height."""
@@ -167,14 +202,18 @@ class CocoDataset:
             )
         return arr
 
+    def _problem(self, ann, h, w):
+        reason = check_annotation(ann, h, w)
+        if reason is None and ann["category_id"] not in self.cat_id_to_label:
+            reason = f"category_id {ann['category_id']} is not among the categories"
+        return reason
+
     def load_target(self, index):
         info = self.image_info(index)
         h, w = info["height"], info["width"]
         boxes, labels, masks, crowd = [], [], [], []
         for ann in self.coco.loadAnns(self.coco.getAnnIds(imgIds=info["id"])):
-            reason = check_annotation(ann, h, w)
-            if reason is None and ann["category_id"] not in self.cat_id_to_label:
-                reason = f"category_id {ann['category_id']} is not among the categories"
+            reason = self._problem(ann, h, w)
             if reason is None:
                 m = decode_mask(ann, h, w)
                 if m.shape != (h, w):
@@ -183,7 +222,7 @@ class CocoDataset:
                 where = f"{self.ann_file}: annotation id {ann['id']} (image {info['file_name']})"
                 if not self.skip_bad:
                     raise DataError(f"{where}: {reason}")
-                self._bad(ann["id"], reason)
+                self._bad(ann["id"], reason, info["id"], ann["id"])
                 continue
             x, y, bw, bh = ann["bbox"]
             boxes.append([max(x, 0.0), max(y, 0.0), min(x + bw, w), min(y + bh, h)])

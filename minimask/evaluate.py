@@ -24,6 +24,8 @@ from pycocotools.cocoeval import COCOeval
 from tqdm import tqdm
 
 from .backend import keep_freed_host_memory, to_host
+from .errors import run_cli
+from .rundir import output_folder
 
 STAT_NAMES = [
     "AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl",
@@ -138,11 +140,15 @@ def main(argv=None):
     if args.data_dir:
         cfg = cfg.replace(data_dir=args.data_dir)
     dataset = build_dataset(cfg, args.split or cfg.val_split)
+    dataset.check_sizes(model.config.transform.min_size, model.config.transform.max_size)
     out_dir = args.output_dir or Path(args.checkpoint).parent / "eval"
+    outputs = output_folder(out_dir)   # never written over a file minimask did not write
+    for name in ("results.json", "metrics.json"):
+        outputs.file(name)
     metrics = evaluate_model(model, dataset, batch_size=args.batch_size, out_dir=out_dir, limit=args.limit)
     print(f"\nbbox AP {metrics['bbox']['AP']:.3f}   segm AP {metrics['segm']['AP']:.3f}   -> {out_dir}")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))

@@ -567,7 +567,8 @@ def flatten_forward(x, start_dim=1):
     if x.ndim == 0:
         return x.reshape(1), tuple(x.shape)
     sd = start_dim % x.ndim
-    return x.reshape(tuple(x.shape[:sd]) + (-1,)), tuple(x.shape)
+    merged = math.prod(x.shape[sd:])            # not -1: zero RoIs (0, C, 7, 7) must give (0, C*49)
+    return x.reshape(tuple(x.shape[:sd]) + (merged,)), tuple(x.shape)
 
 
 def flatten_backward(dout, x_shape):

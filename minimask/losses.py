@@ -28,13 +28,17 @@ def _check_reduction(reduction):
         raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
 
 
+class NonFiniteError(ValueError):
+    """A loss got NaN or infinite input (the training loop turns it into NonFiniteLoss)."""
+
+
 def _check_finite(name, x):
     # One host sync per loss call (not per element): cheap next to the forward pass, and a NaN
     # logit caught here names its source instead of surfacing later as a NaN total loss.
     xp = get_array_module(x)
     if not bool(xp.isfinite(x).all()):
         bad = int((~xp.isfinite(x)).sum())
-        raise ValueError(f"{name}: {bad} non-finite value(s) in input of shape {tuple(x.shape)}")
+        raise NonFiniteError(f"{name}: {bad} non-finite value(s) in input of shape {tuple(x.shape)}")
 
 
 def _broadcasts_to(shape, target):

@@ -17,7 +17,10 @@ import numpy as np
 from PIL import Image
 
 from .backend import keep_freed_host_memory, to_host
-from .data import to_chw_float
+from .coco_check import resize_problem
+from .data import DataError, to_chw_float
+from .errors import run_cli
+from .rundir import output_folder
 from .tape import no_grad
 from .viz import draw_instances
 
@@ -25,12 +28,12 @@ from .viz import draw_instances
 def read_image(path):
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: image not found")
+        raise DataError(f"{path}: image not found")
     try:
         with Image.open(path) as im:
             return np.asarray(im.convert("RGB"))
     except OSError as e:
-        raise ValueError(f"{path}: cannot read as an image ({e})") from None
+        raise DataError(f"{path}: cannot read as an image ({e})") from None
 
 
 def main(argv=None):
@@ -45,9 +48,12 @@ def main(argv=None):
     keep_freed_host_memory()
     model, _ = load_checkpoint_model(args.checkpoint)
     out_dir = Path(args.output_dir) if args.output_dir else Path(args.checkpoint).parent / "predictions"
-    out_dir.mkdir(parents=True, exist_ok=True)
+    outputs = output_folder(out_dir)   # never draws over a file minimask did not write
     for path in args.images:
         image = read_image(path)
+        problem = resize_problem(*image.shape[:2], model.config.transform.min_size, model.config.transform.max_size)
+        if problem:
+            raise DataError(f"{path}: {problem}")
         with no_grad():
             det = model([to_chw_float(image)])[0]
         keep = to_host(det["scores"]) >= args.score_thresh
@@ -55,7 +61,7 @@ def main(argv=None):
         fig, ax = plt.subplots(figsize=(max(3, w / 100), max(3, h / 100)))
         draw_instances(ax, image, to_host(det["boxes"])[keep], to_host(det["labels"])[keep],
                        to_host(det["scores"])[keep], to_host(det["masks"])[keep], model.class_names)
-        out = out_dir / (Path(path).stem + ".png")
+        out = outputs.file(Path(path).stem + ".png")
         fig.tight_layout()
         fig.savefig(out, dpi=100)
         plt.close(fig)
@@ -64,4 +70,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))

@@ -24,6 +24,8 @@ import numpy as np
 from PIL import Image
 from pycocotools import mask as mask_utils
 
+from .errors import MinimaskError
+
 CATEGORIES = [
     {"id": 1, "name": "square", "supercategory": "shape"},
     {"id": 2, "name": "circle", "supercategory": "shape"},
@@ -141,23 +143,60 @@ def _atomic_write_text(path: Path, text: str):
     os.replace(tmp, path)
 
 
+MARKER = ".minimask_shapes"   # written first into a folder the generator fills, before any image
+
+
+class NotShapesFolder(MinimaskError):
+    """The generator was pointed at a folder it did not write (a user's dataset, say)."""
+
+
+def _shapes_record(ann_path: Path):
+    """The `minimask_shapes` record of an annotation file, or None (not ours, or unreadable)."""
+    try:
+        with open(ann_path) as f:
+            doc = json.load(f)
+        return doc.get("info", {}).get("minimask_shapes") if isinstance(doc, dict) else None
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def check_shapes_folder(root: Path):
+    """Raise NotShapesFolder unless `root` is absent, empty, or written by this generator before:
+    it holds the marker file, or annotation files carrying the `minimask_shapes` record (older versions)."""
+    if not root.exists() or (root.is_dir() and not any(root.iterdir())) or (root / MARKER).is_file():
+        return
+    anns = sorted((root / "annotations").glob("*.json"))
+    foreign = [p for p in anns if _shapes_record(p) is None]
+    if root.is_dir() and anns and not foreign:
+        return
+    held = ", ".join(sorted(p.name for p in root.iterdir())[:6]) if root.is_dir() else "a file"
+    why = f"{foreign[0]} has no minimask_shapes record" if foreign else f"it holds {held}"
+    raise NotShapesFolder(
+        f"{root}: not a folder of generated shapes ({why}); the shapes generator writes only into an empty "
+        "folder or one it wrote before, so it leaves this one alone. For a COCO-format folder pass "
+        "--dataset coco; for shapes choose an empty --data-dir.")
+
+
 def generate_shapes(root, split="train", num_images=200, seed=0, config: ShapesConfig = ShapesConfig(),
                     overwrite=False):
     """Write (or reuse) a shapes split under `root`; returns the path of its instances JSON.
 
     An existing split is reused when its recorded parameters equal the requested ones, so
-    repeated runs cost nothing; otherwise (or with overwrite=True) it is written again.
+    repeated runs cost nothing; otherwise (or with overwrite=True) it is written again. Only ever
+    into a folder that is empty or was written by this generator (`check_shapes_folder`).
     """
     root = Path(root)
     ann_path = root / "annotations" / f"instances_{split}.json"
     params = {"split": split, "num_images": num_images, "seed": seed, **asdict(config)}
-    if ann_path.exists() and not overwrite:
-        try:
-            with open(ann_path) as f:
-                if json.load(f).get("info", {}).get("minimask_shapes") == params:
-                    return ann_path
-        except (OSError, ValueError):
-            pass  # unreadable: write it again
+    check_shapes_folder(root)
+    if ann_path.exists():
+        record = _shapes_record(ann_path)
+        if record is None:
+            raise NotShapesFolder(f"{ann_path}: exists and was not written by the shapes generator; left alone")
+        if record == params and not overwrite:
+            return ann_path
+    root.mkdir(parents=True, exist_ok=True)
+    (root / MARKER).write_text("written by minimask.shapes.generate_shapes\n")
     stream = SPLIT_STREAMS.get(split, abs(hash(split)) % 1000 + 3)
     rng = np.random.default_rng([seed, stream])
     img_dir = root / "images" / split

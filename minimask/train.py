@@ -10,9 +10,13 @@ and rpn.py).
 
 A run directory holds: config.json (the resolved configuration), metrics.jsonl (one line per
 logged iteration: LR, each loss, time), checkpoints (model, optimizer, scheduler, iteration and
-random-generator state in one .npz, written atomically), eval/ (COCO results and metrics) and
-PNGs (loss curves, predictions on validation images). `--resume` continues from the newest
-checkpoint exactly: an interrupted run resumed reproduces the uninterrupted run's losses.
+random-generator state in one .npz, written atomically; see checkpoint.py), model_final.npz,
+eval/ (COCO results and metrics), PNGs (loss curves, predictions on validation images),
+skipped.json (with --skip-bad) and manifest.json (every file the run wrote). rundir.py decides
+where a run writes and what it never touches (runs/<preset> is never reused; an explicit
+--output-dir holding a run needs --resume or --overwrite). `--resume` continues from the newest
+readable checkpoint exactly, with the run's own configuration: an interrupted run resumed
+reproduces the uninterrupted run's losses. A non-finite loss or gradient stops the run (NonFiniteLoss).
 Chapter: nbs/12_training_on_shapes.ipynb
 """
 
@@ -33,9 +37,24 @@ import numpy as np
 
 from . import paths
 from .backend import keep_freed_host_memory, to_host
+from .checkpoint import (
+    checkpoint_name,
+    last_good_checkpoint,
+    latest_checkpoint,  # noqa: F401  (chapters 12-13 call train.latest_checkpoint)
+    latest_valid_checkpoint,
+    model_state,
+    read_checkpoint,
+    remove_stale_temp_files,
+    save_checkpoint,
+    save_model,
+    training_state,
+)
 from .data import CocoDataset, DataLoader, coco_paths, shapes_paths
-from .module import load_state_file, save_state_dict
+from .errors import run_cli
+from .losses import NonFiniteError
+from .module import load_state_file
 from .optim import SGD, WarmupMultiStepLR, clip_grad_norm_, param_groups
+from .rundir import RunDirError, atomic_write_text, choose_run_dir, merge_resume_config, read_run_config
 
 
 @dataclass(frozen=True)
@@ -75,13 +94,14 @@ class TrainConfig:
     clip_grad_norm: float = 10.0        # clip the global gradient norm to this (0: off)
     time_limit_minutes: float = 0.0     # stop training after this much wall time (0: no limit), then evaluate
     # --- run -------------------------------------------------------------------------------------
-    output_dir: str = ""                # run directory (default runs/<preset>)
+    output_dir: str = ""                # run directory (default runs/<preset>, or the next free runs/<preset>-N)
     seed: int = 0                       # seeds the data order, augmentation, initialisation and sampling
     log_every: int = 10                 # iterations between metrics.jsonl lines
     checkpoint_every: int = 250         # iterations between checkpoints
     eval_limit: int = 0                 # evaluate on at most this many val images (0: all)
     device: str = "cpu"                 # "cpu" (NumPy) or "cuda" (CuPy)
-    resume: bool = False                # continue from the newest checkpoint in output_dir
+    resume: bool = False                # continue from the newest checkpoint in output_dir, with its configuration
+    overwrite: bool = False             # replace the run in output_dir (deletes only the files that run wrote)
 
     def replace(self, **kw):
         return dataclasses.replace(self, **kw)
@@ -179,47 +199,16 @@ def build_model(cfg: TrainConfig, num_classes: int, rng):
     return model
 
 
-# --- checkpoints -------------------------------------------------------------------------------------
-
-def _flat(prefix, state):
-    return {f"{prefix}.{k}": np.asarray(to_host(v)) for k, v in state.items()}
-
-
-def _unflat(prefix, state):
-    n = len(prefix) + 1
-    return {k[n:]: v for k, v in state.items() if k.startswith(prefix + ".")}
-
-
-def save_checkpoint(path, model, optimizer, scheduler, iteration, rng, cfg, class_names):
-    """model.*, optimizer.*, scheduler.* arrays plus a JSON `meta` string, in one atomic .npz."""
-    meta = {"iteration": iteration, "rng": rng.bit_generator.state, "config": config_to_json(cfg),
-            "class_names": class_names, "format": "minimask-checkpoint-1"}
-    state = {**_flat("model", model.state_dict()), **_flat("optimizer", optimizer.state_dict()),
-             **_flat("scheduler", scheduler.state_dict()), "meta": np.array(json.dumps(meta))}
-    save_state_dict(state, path)
-
-
-def read_checkpoint(path):
-    state = load_state_file(path)
-    if "meta" not in state:
-        raise ValueError(f"{path}: not a minimask training checkpoint (no 'meta' entry)")
-    meta = json.loads(str(state["meta"]))
-    return state, meta
-
+# --- checkpoints (the file format lives in checkpoint.py) ------------------------------------------
 
 def load_checkpoint_model(path):
-    """(model in eval mode, TrainConfig) rebuilt from a checkpoint written by this module."""
+    """(model in eval mode, TrainConfig) rebuilt from a checkpoint or model_final.npz written by this module."""
     state, meta = read_checkpoint(path)
     cfg = config_from_json(meta["config"])
     model = build_model(cfg.replace(weights=""), len(meta["class_names"]), np.random.default_rng(0))
-    model.load_state_dict(_unflat("model", state))
+    model.load_state_dict(model_state(state, meta))
     model.class_names = meta["class_names"]
     return model.eval(), cfg
-
-
-def latest_checkpoint(run_dir: Path):
-    ckpts = sorted(run_dir.glob("checkpoint_*.npz"))
-    return ckpts[-1] if ckpts else None
 
 
 # --- config <-> flags / json ----------------------------------------------------------------------
@@ -265,15 +254,18 @@ def make_parser():
     return p
 
 
-def config_from_args(argv=None) -> TrainConfig:
+def parse_config(argv=None):
+    """(TrainConfig, names of the fields set on the command line): --resume compares only those."""
     args = vars(make_parser().parse_args(argv))
     preset = args.get("preset") or TrainConfig.preset
     cfg = TrainConfig(preset=preset).replace(**PRESETS[preset])
     given = {k: (tuple(v) if k == "set" else v) for k, v in args.items() if v is not None}
-    cfg = cfg.replace(**given)
-    if not cfg.output_dir:
-        cfg = cfg.replace(output_dir=str(Path("runs") / cfg.preset))
-    return cfg
+    return cfg.replace(**given), set(given)
+
+
+def config_from_args(argv=None) -> TrainConfig:
+    """The configuration the flags ask for; an empty output_dir means runs/<preset> (see rundir.py)."""
+    return parse_config(argv)[0]
 
 
 # --- the loop ------------------------------------------------------------------------------------
@@ -286,18 +278,61 @@ class Interrupted(RuntimeError):
     """Raised by `train(..., interrupt_at=k)`: simulates a run killed after iteration k (for tests)."""
 
 
-def train(cfg: TrainConfig, progress=True, interrupt_at=None):
+def open_run(cfg: TrainConfig, given=None):
+    """(RunDir, the configuration this run uses, (path, state, meta) of the checkpoint to resume or None).
+
+    The directory follows rundir.py's policy. On --resume the configuration is the run's own
+    (config.json) with the changes `merge_resume_config` allows, and the checkpoint is the newest
+    readable one; temporary files a kill left behind are removed first.
+    """
+    run = choose_run_dir(cfg.output_dir, str(Path("runs") / cfg.preset), cfg.resume, cfg.overwrite)
+    found = None
+    if cfg.resume or cfg.overwrite:
+        removed = remove_stale_temp_files(run.path)
+        if removed:
+            print(f"removed {len(removed)} half-written temporary file(s) an interrupted run left in {run.path}")
+    if cfg.resume:
+        found = latest_valid_checkpoint(run.path)
+        saved = read_run_config(run) or (found[2]["config"] if found else None)
+        if saved is not None:
+            merged, changes = merge_resume_config(saved, config_to_json(cfg), given, where=str(run.path))
+            cfg = config_from_json(merged)
+            for change in changes:
+                print(f"--resume: {change} (applied; config.json records it)")
+        if found is None:
+            print(f"--resume: no checkpoint in {run.path}, starting from scratch")
+    return run, cfg.replace(output_dir=str(run.path)), found
+
+
+def _diverged(what, run_dir):
+    return (f"{what}; stopping. The last good checkpoint is {last_good_checkpoint(run_dir) or '(none yet)'}; "
+            "try a lower --lr or --clip-grad-norm")
+
+
+def write_skipped(run, datasets):
+    """--skip-bad: print how many annotations and images were skipped and save them to skipped.json."""
+    unique = {(r["file"], r["image_id"], r["annotation_id"]): r for ds in datasets for r in ds.skipped_records.values()}
+    records = list(unique.values())   # train and val may be the same file
+    run.write_text("skipped.json", json.dumps({"count": len(records), "skipped": records}, indent=1))
+    n_img = sum(r["annotation_id"] is None for r in records)
+    print(f"--skip-bad: skipped {len(records) - n_img} annotation(s) and {n_img} image(s); "
+          f"what and why: {run.path / 'skipped.json'}")
+
+
+def train(cfg: TrainConfig, progress=True, interrupt_at=None, given=None):
     """Run (or resume) training as configured; returns {"metrics": ..., "run_dir": ...}.
 
     `interrupt_at=k` stops right after iteration k as a crash would — no final checkpoint, no
     evaluation — so tests can check that `--resume` reproduces the uninterrupted run.
+    `given`: the fields set on the command line; --resume compares only those with the run's
+    configuration (None: every field of `cfg`).
     """
     from tqdm import tqdm
 
     from .tape import Tensor
 
-    run_dir = Path(cfg.output_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    run, cfg, found = open_run(cfg, given)
+    run_dir = run.path
     if cfg.dataset == "shapes" and not cfg.data_dir and not paths.data_dir():
         print("note: no COCO data found (../shared/data or $MINIMASK_DATA); training on generated shapes")
     train_set = build_dataset(cfg, cfg.train_split)
@@ -306,27 +341,31 @@ def train(cfg: TrainConfig, progress=True, interrupt_at=None):
     rng = np.random.default_rng([cfg.seed, 1])   # model init and in-model sampling
     model = build_model(cfg, train_set.num_classes, rng)
     model.train()
+    for ds in (train_set, val_set):   # an image the resize would make 0 px thin: named now, not mid-run
+        ds.check_sizes(model.config.transform.min_size, model.config.transform.max_size)
+    if cfg.skip_bad:
+        write_skipped(run, (train_set, val_set))
     optimizer = SGD(param_groups(model, cfg.weight_decay, 0.0), lr=cfg.lr, momentum=cfg.momentum)
     scheduler = WarmupMultiStepLR(optimizer, list(cfg.milestones), gamma=cfg.gamma, warmup_iters=cfg.warmup_iters,
                                   warmup_factor=cfg.warmup_factor)
     start = 0
-    ckpt = latest_checkpoint(run_dir) if cfg.resume else None
-    if cfg.resume and ckpt is None:
-        print(f"--resume: no checkpoint in {run_dir}, starting from scratch")
-    if ckpt is not None:
-        state, meta = read_checkpoint(ckpt)
-        model.load_state_dict(_unflat("model", state))
-        optimizer.load_state_dict(_unflat("optimizer", state))
-        scheduler.load_state_dict(_unflat("scheduler", state))
+    if found is not None:
+        ckpt, state, meta = found
+        model_sd, optimizer_sd, scheduler_sd = training_state(state)
+        model.load_state_dict(model_sd)
+        optimizer.load_state_dict(optimizer_sd)
+        scheduler.load_state_dict(scheduler_sd)
         rng.bit_generator.state = meta["rng"]
         start = int(meta["iteration"])
+        if start > cfg.iterations:
+            raise RunDirError(f"--iterations {cfg.iterations} is below the iteration of {ckpt} ({start})")
         print(f"resumed from {ckpt} at iteration {start}")
-    (run_dir / "config.json").write_text(json.dumps(config_to_json(cfg), indent=2))
+    run.write_text("config.json", json.dumps(config_to_json(cfg), indent=2))
 
     loader = DataLoader(train_set, batch_size=cfg.batch_size, flip_prob=cfg.flip_prob, seed=cfg.seed,
                         num_workers=cfg.num_workers)
     batches = loader.batches(start=start)
-    metrics_path = run_dir / "metrics.jsonl"
+    metrics_path = run.file("metrics.jsonl")
     if start == 0 and metrics_path.exists():
         metrics_path.unlink()
     else:
@@ -343,22 +382,23 @@ def train(cfg: TrainConfig, progress=True, interrupt_at=None):
             t_data = time.perf_counter()
             images, targets = next(batches)
             t_step = time.perf_counter()
-            losses = model(images, targets, rng=rng)
+            try:
+                losses = model(images, targets, rng=rng)
+            except NonFiniteError as e:   # a loss met NaN/inf logits: the weights have diverged
+                raise NonFiniteLoss(_diverged(f"non-finite loss at iteration {it + 1} ({e})", run_dir)) from None
             values = {k: float(to_host(v.data)) for k, v in losses.items()}
             total = sum(values.values())
             if not math.isfinite(total):
-                raise NonFiniteLoss(
-                    f"non-finite loss at iteration {it}: {values}; stopping. The last good checkpoint is "
-                    f"{latest_checkpoint(run_dir) or '(none yet)'}; try a lower --lr or --clip-grad-norm"
-                )
+                raise NonFiniteLoss(_diverged(f"non-finite loss at iteration {it + 1}: {values}", run_dir))
             loss = None
             for v in losses.values():
                 loss = v if loss is None else loss + v
             optimizer.zero_grad()
             assert isinstance(loss, Tensor)
             loss.backward()
-            grad_norm = float(to_host(clip_grad_norm_(model.parameters(), cfg.clip_grad_norm))) \
-                if cfg.clip_grad_norm else float("nan")
+            grad_norm = float(to_host(clip_grad_norm_(model.parameters(), cfg.clip_grad_norm or math.inf)))
+            if not math.isfinite(grad_norm):   # checked before the step: the weights stay those of iteration it
+                raise NonFiniteLoss(_diverged(f"non-finite gradient norm ({grad_norm}) at iteration {it + 1}", run_dir))
             lr = scheduler.get_last_lr()[0]
             optimizer.step()
             scheduler.step()
@@ -372,29 +412,32 @@ def train(cfg: TrainConfig, progress=True, interrupt_at=None):
             bar.update(1)
             bar.set_postfix(loss=f"{total:.3f}", mask=f"{values.get('loss_mask', 0):.3f}", lr=f"{lr:.4f}")
             if it % cfg.checkpoint_every == 0 or it == cfg.iterations:
-                save_checkpoint(run_dir / f"checkpoint_{it:07d}.npz", model, optimizer, scheduler, it, rng, cfg,
-                                class_names)
+                save_checkpoint(run.file(checkpoint_name(it)), model, optimizer, scheduler, it, rng,
+                                config_to_json(cfg), class_names)
             if interrupt_at is not None and it >= interrupt_at:
                 raise Interrupted(f"simulated interruption after iteration {it}")
     finally:
         bar.close()
     if it % cfg.checkpoint_every != 0 and it != cfg.iterations:  # stopped by the time limit
-        save_checkpoint(run_dir / f"checkpoint_{it:07d}.npz", model, optimizer, scheduler, it, rng, cfg,
+        save_checkpoint(run.file(checkpoint_name(it)), model, optimizer, scheduler, it, rng, config_to_json(cfg),
                         class_names)
     train_time = time.perf_counter() - t0
-    final = run_dir / "model_final.npz"
-    save_state_dict(model.state_dict(), final)
+    save_model(run.file("model_final.npz"), model, it, config_to_json(cfg), class_names)
 
     from .evaluate import evaluate_model
     from .viz import plot_losses, plot_predictions
 
+    for name in ("eval/results.json", "eval/metrics.json"):   # recorded before evaluate_model writes them
+        run.file(name)
     metrics = evaluate_model(model, val_set, batch_size=cfg.batch_size, out_dir=run_dir / "eval",
                              progress=progress, limit=cfg.eval_limit or None)
-    plot_losses(metrics_path, run_dir / "losses.png")
-    plot_predictions(model, val_set, run_dir / "predictions.png", class_names=class_names)
+    plot_losses(metrics_path, run.file("losses.png"))
+    plot_predictions(model, val_set, run.file("predictions.png"), class_names=class_names)
+    if cfg.skip_bad:   # annotations found bad while training are in it too
+        write_skipped(run, (train_set, val_set))
     summary = {"iterations": it, "train_minutes": train_time / 60,
                "bbox_AP": metrics["bbox"]["AP"], "segm_AP": metrics["segm"]["AP"]}
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    run.write_text("summary.json", json.dumps(summary, indent=2))
     print(f"\ntrained {it} iterations in {train_time / 60:.1f} min | bbox AP {summary['bbox_AP']:.3f} | "
           f"segm AP {summary['segm_AP']:.3f}\nrun directory: {run_dir} (losses.png, predictions.png, eval/)")
     return {"metrics": metrics, "run_dir": run_dir, "iterations": it}
@@ -404,16 +447,22 @@ def _truncate_metrics(path: Path, iteration: int):
     """On resume, drop metric lines past the checkpoint so the log reads as one uninterrupted run."""
     if not path.exists():
         return
-    keep = [line for line in path.read_text().splitlines() if line and json.loads(line)["iteration"] <= iteration]
-    path.write_text("".join(line + "\n" for line in keep))
+    keep = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line)["iteration"] <= iteration:
+                keep.append(line)
+        except (ValueError, KeyError, TypeError):
+            pass   # a line half-written when the run was killed
+    atomic_write_text(path, "".join(line + "\n" for line in keep))
 
 
 def main(argv=None):
-    cfg = config_from_args(argv)
+    cfg, given = parse_config(argv)
     keep_freed_host_memory()  # a process that trains reuses its temporaries' memory (see backend)
     os.environ.setdefault("PYTHONHASHSEED", str(cfg.seed))
     try:
-        train(cfg)
+        train(cfg, given=given)
     except (NonFiniteLoss, FileNotFoundError) as e:   # both messages name the file and what to do
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -421,4 +470,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))
