@@ -1,7 +1,8 @@
 """Real COCO files for the bad-input tests: a few images and their annotations, copied to a tmp folder.
 
-`source()` is the one place that says where the real files come from (coco128 today; the sample
-shipped in the repository once it lands). Tests break the copies, never the originals.
+`source()` is the one place that says where the real files come from: coco128 when it is found,
+else the 10-image sample shipped in the package (so these tests run on a fresh clone too).
+Tests break the copies, never the originals.
 """
 
 from __future__ import annotations
@@ -11,19 +12,13 @@ import json
 import shutil
 from pathlib import Path
 
-import pytest
-
 from minimask import paths
 
 
 def source():
-    """(image folder, annotation file) of real COCO data; skips the test when there is none."""
-    try:
-        root = paths.coco128_dir()
-    except FileNotFoundError as e:
-        pytest.skip(f"no real COCO files for the bad-input tests (coco128 not found): {e}")
+    """(image folder, annotation file) of real COCO data: coco128, else the package's sample."""
+    root, _ = paths.coco128_or_sample()
     return root / "train2017", root / "annotations" / "instances_train2017.json"
-
 
 def coco_copy(dest, splits=(("train", 4),), source_dir=None):
     """Copy the first images of the source (by id, annotated ones) into `dest` as a COCO-format
@@ -45,7 +40,6 @@ def coco_copy(dest, splits=(("train", 4),), source_dir=None):
         (dest / "annotations" / f"instances_{split}.json").write_text(json.dumps(sub))
     return dest
 
-
 def edit_annotations(root, split, fn):
     """Apply fn(doc) to dest/annotations/instances_<split>.json (to break it on purpose)."""
     p = Path(root) / "annotations" / f"instances_{split}.json"
@@ -53,7 +47,6 @@ def edit_annotations(root, split, fn):
     fn(doc)
     p.write_text(json.dumps(doc))
     return p
-
 
 def fingerprint(folder):
     """{relative path: sha256} of every file under `folder`: equal before and after = nothing touched."""
