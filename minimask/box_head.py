@@ -16,7 +16,9 @@ Chapter: nbs/09_box_head.ipynb    Paper: Fast R-CNN Sec. 2.3; Mask R-CNN Sec. 3 
 
 from __future__ import annotations
 
-from .backend import get_array_module
+import numpy as np
+
+from .backend import get_array_module, to_device
 from .boxes import box_ioa, box_iou, clip_boxes_to_image, remove_small_boxes
 from .layers import Linear, flatten, gather_rows, mul, relu, reshape, softmax_forward
 from .losses import cross_entropy, smooth_l1_loss
@@ -108,12 +110,12 @@ def select_training_samples(proposals, gt_boxes, gt_labels, matcher, sampler, bo
         all_props.append(props)
         all_matched.append(matched)
         all_labels.append(labels)
-    pos_masks, neg_masks = sampler(all_labels, rng)
+    picked = sampler.sample(all_labels, rng)                           # host indices: one sync in all
     out_props, out_matched, out_labels, out_targets = [], [], [], []
-    for props, matched, labels, pos, neg, gt in zip(all_props, all_matched, all_labels, pos_masks, neg_masks,
-                                                     gt_boxes, strict=True):
+    for props, matched, labels, (pos, neg), gt in zip(all_props, all_matched, all_labels, picked, gt_boxes,
+                                                      strict=True):
         xp = get_array_module(props)
-        keep = xp.nonzero(pos | neg)[0]                                # sorted, as torch.where
+        keep = to_device(np.sort(np.concatenate([pos, neg])), xp)      # sorted, as torch.where
         props, matched, labels = props[keep], matched[keep], labels[keep]
         if gt.shape[0] == 0:
             targets = xp.zeros(props.shape, dtype=props.dtype)         # all background: no regression

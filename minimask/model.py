@@ -41,8 +41,11 @@ def _split_crowd(target):
     if crowd is None:
         return boxes, labels, masks, boxes[:0]
     crowd = xp.asarray(crowd).astype(bool)
-    keep = ~crowd
-    return boxes[keep], labels[keep], (None if masks is None else masks[keep]), boxes[crowd]
+    # one host sync (the number of crowd boxes is a shape); a stable sort puts the others first
+    num_crowd = int(crowd.sum())
+    order = xp.argsort(crowd, kind="stable")
+    keep, crowd_idx = order[:order.shape[0] - num_crowd], order[order.shape[0] - num_crowd:]
+    return boxes[keep], labels[keep], (None if masks is None else masks[keep]), boxes[crowd_idx]
 
 
 class RoIHeads(Module):

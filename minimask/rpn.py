@@ -125,8 +125,9 @@ def filter_proposals(proposals_fn, objectness, image_sizes, num_anchors_per_leve
         idx = picks[i]
         scores = sigmoid_forward(objectness[i, idx])[0]  # (K,)
         boxes = clip_boxes_to_image(proposals_fn(i, idx), image_sizes[i])  # (K, 4)
-        keep = remove_small_boxes(boxes, min_size)
-        keep = keep[scores[keep] >= score_thresh]
+        # remove_small_boxes and the score threshold in one selection (one host sync on a GPU)
+        ws, hs = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
+        keep = xp.nonzero((ws >= min_size) & (hs >= min_size) & (scores >= score_thresh))[0]
         boxes, scores, lvl = boxes[keep], scores[keep], levels[keep]
         keep = batched_nms(boxes, scores, lvl, nms_thresh)[:post_nms_top_n]  # NMS per level
         final_boxes.append(boxes[keep])
@@ -237,9 +238,9 @@ class RegionProposalNetwork(Module):
         xp = get_array_module(anchors)
         num = anchors.shape[0]
         labels, matched = self.assign_targets_to_anchors(anchors, targets)
-        pos_masks, neg_masks = self.fg_bg_sampler(labels, rng)
-        pos_idx = xp.concatenate([xp.nonzero(m)[0] + i * num for i, m in enumerate(pos_masks)])  # flat
-        neg_idx = xp.concatenate([xp.nonzero(m)[0] + i * num for i, m in enumerate(neg_masks)])
+        picked = self.fg_bg_sampler.sample(labels, rng)  # per image (pos, neg) on the host: one sync
+        pos_idx = to_device(np.concatenate([p + i * num for i, (p, _) in enumerate(picked)]), xp)  # flat
+        neg_idx = to_device(np.concatenate([n + i * num for i, (_, n) in enumerate(picked)]), xp)
         matched = xp.concatenate(matched)  # (N * R, 4)
         flat_anchors = xp.tile(anchors, (len(targets), 1))  # (N * R, 4)
         # regression targets for the sampled positives only: the others are never read
