@@ -27,7 +27,6 @@ from pathlib import Path
 
 import numpy as np
 
-from . import backend
 from .backend import get_array_module, to_host
 
 KERNEL_FILES = ("roi_align.cu", "roi_pool.cu", "nms.cu")

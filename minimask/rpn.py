@@ -20,7 +20,7 @@ import numpy as np
 from . import init
 from .anchors import AnchorGenerator
 from .backend import get_array_module, to_device
-from .boxes import BoxCoder, clip_boxes_to_image, remove_small_boxes
+from .boxes import BoxCoder, clip_boxes_to_image
 from .conv import Conv2d
 from .layers import ReLU, concatenate, gather_rows, mul, reshape, sigmoid_forward, transpose
 from .losses import binary_cross_entropy_with_logits, smooth_l1_loss
