@@ -127,6 +127,12 @@ def to_device(x, xp):
     return xp.asarray(x)
 
 
+def module_of(model):
+    """The array module a model's parameters live on (numpy, cupy or the stand-in device)."""
+    params = model.parameters()
+    return get_array_module(params[0].data) if params else np
+
+
 def asfloat(x, xp=None, dtype=None):
     """Array of floating dtype on `xp` (default: the module of x); ints and bools become float32."""
     xp = xp or get_array_module(x)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .backend import get_array_module
+from .backend import get_array_module, to_host
 from .box_head import FastRCNNPredictor, TwoMLPHead, fastrcnn_loss, postprocess_detections, select_training_samples
 from .boxes import BoxCoder
 from .config import MaskRCNNConfig, RoIHeadsConfig, with_overrides
@@ -33,19 +33,30 @@ from .transform import GeneralizedRCNNTransform, check_targets
 FEATMAP_NAMES = ("0", "1", "2", "3")        # RoIs are pooled from P2..P5 (P6 feeds only the RPN)
 
 
-def _split_crowd(target):
-    """(boxes, labels, masks) of the non-crowd objects and the (C, 4) crowd boxes of one target."""
+def _split_crowd(target, num_crowd=None):
+    """(boxes, labels, masks) of the non-crowd objects and the (C, 4) crowd boxes of one target.
+
+    num_crowd: the number of crowd boxes if known (`_count_crowd` reads all images' at once).
+    """
     xp = get_array_module(target["boxes"])
     boxes, labels, masks = target["boxes"], target["labels"], target.get("masks")
     crowd = target.get("iscrowd")
     if crowd is None:
         return boxes, labels, masks, boxes[:0]
     crowd = xp.asarray(crowd).astype(bool)
-    # one host sync (the number of crowd boxes is a shape); a stable sort puts the others first
-    num_crowd = int(crowd.sum())
-    order = xp.argsort(crowd, kind="stable")
+    num_crowd = int(crowd.sum()) if num_crowd is None else num_crowd   # a shape: a host sync on a GPU
+    order = xp.argsort(crowd, kind="stable")  # the others first, each group in its order
     keep, crowd_idx = order[:order.shape[0] - num_crowd], order[order.shape[0] - num_crowd:]
     return boxes[keep], labels[keep], (None if masks is None else masks[keep]), boxes[crowd_idx]
+
+
+def _count_crowd(targets):
+    """Crowd boxes per target, as host ints: one copy for the whole batch (None: no iscrowd field)."""
+    crowds = [t.get("iscrowd") for t in targets]
+    if not crowds or any(c is None for c in crowds):
+        return [None] * len(targets)
+    xp = get_array_module(*crowds)
+    return [int(n) for n in to_host(xp.stack([xp.asarray(c).astype(bool).sum() for c in crowds]))]
 
 
 class RoIHeads(Module):
@@ -79,7 +90,7 @@ class RoIHeads(Module):
         if self.training:
             if targets is None:
                 raise ValueError("RoIHeads in training mode needs targets")
-            split = [_split_crowd(t) for t in targets]
+            split = [_split_crowd(t, n) for t, n in zip(targets, _count_crowd(targets), strict=True)]
             gt_boxes = [s[0] for s in split]
             gt_labels = [s[1] for s in split]
             gt_masks = [s[2] for s in split]

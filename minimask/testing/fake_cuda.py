@@ -40,8 +40,8 @@ _SKIP = {_THIS_FILE, os.path.join(os.path.dirname(os.path.dirname(_THIS_FILE)), 
 _IMPLICIT = ("Implicit conversion to a NumPy array is not allowed. Please use `.get()` to construct a NumPy "
              "array explicitly.")
 
-SYNCS: collections.Counter = collections.Counter()       # (kind, "file:line") -> count
-UPLOADS: collections.Counter = collections.Counter()     # "file:line" -> host -> device copies
+SYNCS: collections.Counter = collections.Counter()       # (kind, "file:function") -> count
+UPLOADS: collections.Counter = collections.Counter()     # "file:function" -> host -> device copies
 LAUNCHES: collections.Counter = collections.Counter()    # kernel name -> launches
 TRACE = False                                            # print each sync as it happens (debugging)
 
@@ -58,7 +58,8 @@ def sync_count(kind=None):
 
 
 def _caller():
-    """'minimask/rpn.py:123' of the first frame outside this file (and outside NumPy)."""
+    """'minimask/rpn.py:filter_proposals' of the first frame outside this file, backend.py and NumPy
+    (function names, not line numbers, so that counts keyed by place survive unrelated edits)."""
     f = sys._getframe(2)
     while f is not None and (os.path.abspath(f.f_code.co_filename) in _SKIP
                              or "/numpy/" in f.f_code.co_filename):
@@ -67,7 +68,7 @@ def _caller():
         return "?"
     path = f.f_code.co_filename
     parts = path.replace(os.sep, "/").split("/")
-    return f"{'/'.join(parts[-2:])}:{f.f_lineno}"
+    return f"{'/'.join(parts[-2:])}:{f.f_code.co_name}"
 
 
 def _sync(kind):
