@@ -152,9 +152,11 @@ def scatter_add(target, indices, values):
     `indices` is anything valid as a NumPy index (an int array, or a tuple of them).
     """
     if is_cupy_array(target):
-        xp = get_array_module(target)
-        cupyx = xp.cupyx if getattr(xp, "cupyx", None) is not None else (_import_cupy() and _cupyx)
-        cupyx.scatter_add(target, indices, values)
+        if getattr(type(target), "_fake_cuda", False):
+            _fake_cuda().cupyx.scatter_add(target, indices, values)   # the stand-in's cupyx
+        else:
+            _import_cupy()
+            _cupyx.scatter_add(target, indices, values)
         return target
     if (
         target.ndim == 1

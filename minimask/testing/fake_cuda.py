@@ -34,6 +34,8 @@ import types
 
 import numpy as np
 
+from .. import backend as _backend
+
 _THIS_FILE = os.path.abspath(__file__)
 # frames skipped when naming where a sync happened: this file and backend.py's forwarders (to_host)
 _SKIP = {_THIS_FILE, os.path.join(os.path.dirname(os.path.dirname(_THIS_FILE)), "backend.py")}
@@ -291,16 +293,7 @@ def _is_bool_mask(key):
 # the module
 # ------------------------------------------------------------------------------------------------
 
-def _real_cupy_names():
-    """Names the installed cupy has (None when cupy does not import): the stand-in serves only these."""
-    try:
-        import cupy
-    except Exception:
-        return None
-    return cupy
-
-
-_REAL = _real_cupy_names()
+_REAL = _backend._import_cupy()   # the installed cupy (None when absent): the stand-in serves only its names
 
 _UPLOAD = {"asarray", "array", "asanyarray"}
 _DATA_DEPENDENT = {"nonzero", "flatnonzero", "argwhere", "unique", "compress", "extract"}
