@@ -321,3 +321,26 @@ def test_device_flag_without_a_device_is_a_clear_error(monkeypatch, capsys):
     monkeypatch.delenv(backend.FAKE_CUDA_ENV, raising=False)
     assert evaluate.main(["--checkpoint", "missing.npz", "--device", "cuda"]) == 2
     assert "MINIMASK_FAKE_CUDA" in capsys.readouterr().err
+
+
+def test_convolutions_on_the_device_take_im2col(rng, monkeypatch):
+    """On CuPy arrays every non-1x1 conv is im2col + one GEMM (conv.DEVICE_PATH), never the CPU's
+    Winograd or shifted paths, whose choice was measured on OpenBLAS."""
+    from minimask import conv, conv_paths, winograd
+    from minimask.tape import Tensor
+
+    def refuse(*a, **k):
+        raise AssertionError("a CPU-only conv path ran on the device")
+
+    x = rng.standard_normal((1, 128, 16, 16)).astype(np.float32)
+    w = (rng.standard_normal((128, 128, 3, 3)) * 0.05).astype(np.float32)
+    ref = conv.conv2d_forward(x, w, None, 1, 1)[0]            # the CPU's Winograd result
+    for name in ("winograd_conv", "winograd_backward"):
+        monkeypatch.setattr(winograd, name, refuse)
+    monkeypatch.setattr(conv_paths, "shifted_weight_grad", refuse)
+    assert conv._choose_path(x.shape, 128, (3, 3), (1, 1), (1, 1), (1, 1)) == "winograd"     # on the CPU
+    assert conv._choose_path(x.shape, 128, (3, 3), (1, 1), (1, 1), (1, 1), on_device=True) == "im2col"
+    t = Tensor(fc.asarray(x), requires_grad=True)
+    out = conv.conv2d(t, Tensor(fc.asarray(w)), None, 1, 1)
+    out.backward(fc.ones(out.shape, np.float32))
+    np.testing.assert_allclose(out.data.get(), ref, rtol=1e-4, atol=1e-4)
