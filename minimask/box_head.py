@@ -22,7 +22,7 @@ from .backend import get_array_module, to_device
 from .boxes import box_ioa, box_iou, clip_boxes_to_image, remove_small_boxes
 from .layers import Linear, flatten, gather_rows, mul, relu, reshape, softmax_forward
 from .losses import cross_entropy, smooth_l1_loss
-from .matching import Matcher
+from .matching import Matcher, sampled_indices
 from .module import Module
 from .nms import batched_nms
 
@@ -110,7 +110,7 @@ def select_training_samples(proposals, gt_boxes, gt_labels, matcher, sampler, bo
         all_props.append(props)
         all_matched.append(matched)
         all_labels.append(labels)
-    picked = sampler.sample(all_labels, rng)                           # host indices: one sync in all
+    picked = sampled_indices(sampler, all_labels, rng)                 # host indices: one sync in all
     out_props, out_matched, out_labels, out_targets = [], [], [], []
     for props, matched, labels, (pos, neg), gt in zip(all_props, all_matched, all_labels, picked, gt_boxes,
                                                       strict=True):

@@ -119,6 +119,20 @@ def subsample_labels(labels, num_samples, positive_fraction, rng, bg_label=0):
     return to_device(pos.astype(np.int64), xp), to_device(neg.astype(np.int64), xp)
 
 
+def sampled_indices(sampler, labels, rng):
+    """Per image (pos_idx, neg_idx), sorted int64 host arrays, from `sampler`.
+
+    `BalancedPositiveNegativeSampler.sample` gives them directly (one host copy per call). Any other
+    sampler with torchvision's interface (`sampler(labels, rng)` -> bool masks) works too, its masks
+    read back per image.
+    """
+    if hasattr(sampler, "sample"):
+        return sampler.sample(labels, rng)
+    pos_masks, neg_masks = sampler(labels, rng)
+    return [(np.flatnonzero(to_host(p)).astype(np.int64), np.flatnonzero(to_host(q)).astype(np.int64))
+            for p, q in zip(pos_masks, neg_masks, strict=True)]
+
+
 class BalancedPositiveNegativeSampler:
     """torchvision's sampler: per image, `batch_size_per_image` anchors, `positive_fraction` fg.
 
