@@ -77,12 +77,13 @@ class MaskRCNNPredictor(Module):
 # ------------------------------------------------------------------------------------------------
 
 
-def project_masks_on_boxes(gt_masks, boxes, matched_idxs, M, aligned=True, binarize=True):
+def project_masks_on_boxes(gt_masks, boxes, matched_idxs, M, aligned=True, binarize=True, matched_idxs_host=None):
     """Mask targets (P, M, M): gt mask matched_idxs[p] RoIAligned onto boxes[p] at M x M.
 
     gt_masks (G, H, W) uint8/bool in image pixels; boxes (P, 4) the positive proposals;
     matched_idxs (P,) int. Sampling as torchvision's (adaptive: ceil(box size / M) points per bin).
     binarize: >= 0.5 -> 1 (Detectron2); otherwise the soft average is the target (torchvision).
+    matched_idxs_host: the same indices on the host, when the caller has them (no device->host copy).
     Chapter: nbs/10_mask_head.ipynb
     """
     from .roi_align import roi_align_forward
@@ -92,7 +93,8 @@ def project_masks_on_boxes(gt_masks, boxes, matched_idxs, M, aligned=True, binar
     if P == 0:
         return xp.zeros((0, M, M), dtype=boxes.dtype)
     # only the matched masks are converted to float (a full-image float copy of every gt is wasteful)
-    used, local = np.unique(to_host(matched_idxs), return_inverse=True)   # host: a few ints
+    host = to_host(matched_idxs) if matched_idxs_host is None else matched_idxs_host
+    used, local = np.unique(host, return_inverse=True)   # host: a few ints
     masks = gt_masks[xp.asarray(used)][:, None].astype(boxes.dtype)          # (U, 1, H, W)
     rois = xp.concatenate([xp.asarray(local.reshape(-1), dtype=boxes.dtype)[:, None], boxes], axis=1)  # (P, 5)
     targets = roi_align_forward(masks, rois, output_size=(M, M), spatial_scale=1.0, sampling_ratio=-1,
