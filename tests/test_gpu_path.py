@@ -222,6 +222,17 @@ EXPECTED_SYNCS_PER_ITERATION = {
 }
 
 
+# Every sync of one inference batch inside the model (as above: none per image)
+EXPECTED_SYNCS_PER_INFERENCE_BATCH = {
+    ("get", "minimask/poolers.py:multiscale_roi_align"): 2,    # RoIs per FPN level: box head, mask head
+    ("nonzero", "minimask/rpn.py:filter_proposals"): 1,        # proposals: candidates, NMS walk, per-image counts
+    ("get", "minimask/kernels.py:nms_cuda"): 2,                # ... and the detections' class-wise NMS walk
+    ("get", "minimask/rpn.py:filter_proposals"): 1,
+    ("nonzero", "minimask/box_head.py:postprocess_detections"): 1,   # detections above the score threshold
+    ("get", "minimask/box_head.py:postprocess_detections"): 1,       # how many each image kept
+}
+
+
 @pytest.fixture(scope="module")
 def device_run(tmp_path_factory, shapes_dir):
     """3 iterations under `--device cuda` on the stand-in, syncs recorded between batches."""
@@ -295,8 +306,14 @@ def test_detections_on_the_device_equal_numpy(host_run, shapes_dir, monkeypatch)
     dev_model, _ = load_checkpoint_model(ckpt, device="cuda")
     assert backend.module_of(dev_model) is fc
     a = evaluate.predict_dataset(cpu_model, ds, batch_size=2, progress=False)
-    b = evaluate.predict_dataset(dev_model, ds, batch_size=2, progress=False)
+    fc.reset_counters()
+    b = evaluate.predict_dataset(dev_model, ds, batch_size=2, progress=False)      # one batch of 2 images
     assert len(a) == len(b) > 0
+    model_syncs = {k: v for k, v in fc.SYNCS.items() if not k[1].startswith("minimask/evaluate.py")}
+    assert model_syncs == EXPECTED_SYNCS_PER_INFERENCE_BATCH
+    # the detections handed to COCOeval: boxes, scores, labels and masks of each image, nothing else
+    assert set(fc.SYNCS) - set(model_syncs) == {("get", "minimask/evaluate.py:detections_to_coco")}
+    assert fc.SYNCS["get", "minimask/evaluate.py:detections_to_coco"] <= 4 * len(ds)
     for ra, rb in zip(a, b, strict=True):
         assert (ra["image_id"], ra["category_id"]) == (rb["image_id"], rb["category_id"])
         assert rb["score"] == pytest.approx(ra["score"], rel=1e-4, abs=1e-6)
