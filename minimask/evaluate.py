@@ -23,7 +23,15 @@ from pycocotools import mask as mask_utils
 from pycocotools.cocoeval import COCOeval
 from tqdm import tqdm
 
-from .backend import device_memory, device_module, keep_freed_host_memory, module_of, to_device, to_host
+from .backend import (
+    device_memory,
+    device_module,
+    keep_freed_host_memory,
+    module_of,
+    to_device,
+    to_host,
+    track_device_memory,
+)
 
 STAT_NAMES = [
     "AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl",
@@ -147,6 +155,7 @@ def main(argv=None):
         return 2
     keep_freed_host_memory()
     model, cfg = load_checkpoint_model(args.checkpoint, device=args.device)
+    track_device_memory(module_of(model))
     if args.data_dir:
         cfg = cfg.replace(data_dir=args.data_dir)
     dataset = build_dataset(cfg, args.split or cfg.val_split)
