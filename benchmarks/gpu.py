@@ -58,7 +58,10 @@ def ensure_dependencies(wheels):
     cmd = [sys.executable, "-m", "pip", "install", "--quiet", "--no-index", "--find-links", str(wheels),
            "--target", str(target), *missing]
     print("installing from wheels:", " ".join(missing), flush=True)
-    subprocess.run(cmd, check=True)
+    if subprocess.run(cmd).returncode != 0:
+        # a dependency the machine already has may lack a wheel there: install exactly what is missing
+        print("retrying with --no-deps (the rest must already be installed)", flush=True)
+        subprocess.run(cmd[:4] + ["--no-deps"] + cmd[4:], check=True)
     sys.path.insert(0, str(target))
     importlib.invalidate_caches()
     return target
