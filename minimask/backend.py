@@ -219,6 +219,15 @@ def reset_peak_device_memory(xp):
         _peak["used"] = xp.get_default_memory_pool().used_bytes()
 
 
+def describe_device_memory(xp) -> str:
+    """One line for the CLIs: peak device memory in use and what CuPy's pool holds."""
+    if getattr(xp, "__name__", "").endswith("fake_cuda"):
+        return "device memory: none (the stand-in device keeps its arrays in host memory)"
+    mem = device_memory(xp)
+    return (f"device memory: peak {mem['peak'] / 2**20:.0f} MiB in use, "
+            f"{mem['pool'] / 2**20:.0f} MiB held by CuPy's pool")
+
+
 def device_memory(xp):
     """{"used", "peak", "pool"} bytes of CuPy's pool: in use now, peak in use since
     `track_device_memory` / `reset_peak_device_memory`, held by the pool. Zeros for NumPy and the stand-in."""

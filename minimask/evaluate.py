@@ -24,7 +24,7 @@ from pycocotools.cocoeval import COCOeval
 from tqdm import tqdm
 
 from .backend import (
-    device_memory,
+    describe_device_memory,
     device_module,
     keep_freed_host_memory,
     module_of,
@@ -163,7 +163,7 @@ def main(argv=None):
     metrics = evaluate_model(model, dataset, batch_size=args.batch_size, out_dir=out_dir, limit=args.limit)
     print(f"\nbbox AP {metrics['bbox']['AP']:.3f}   segm AP {metrics['segm']['AP']:.3f}   -> {out_dir}")
     if args.device == "cuda":
-        print(f"device memory: peak {device_memory(module_of(model))['peak'] / 2**20:.0f} MiB in use")
+        print(describe_device_memory(module_of(model)))
     return 0
 
 

@@ -31,7 +31,14 @@ from pathlib import Path
 import numpy as np
 
 from . import paths
-from .backend import device_memory, device_module, keep_freed_host_memory, to_device, to_host, track_device_memory
+from .backend import (
+    describe_device_memory,
+    device_module,
+    keep_freed_host_memory,
+    to_device,
+    to_host,
+    track_device_memory,
+)
 from .data import CocoDataset, DataLoader, coco_paths, shapes_paths
 from .module import load_state_file, save_state_dict
 from .optim import SGD, WarmupMultiStepLR, clip_grad_norm_, param_groups
@@ -386,9 +393,7 @@ def train(cfg: TrainConfig, progress=True, interrupt_at=None):
                         class_names)
     train_time = time.perf_counter() - t0
     if xp is not np:
-        mem = device_memory(xp)
-        print(f"device memory: peak {mem['peak'] / 2**20:.0f} MiB in use, {mem['pool'] / 2**20:.0f} MiB held by "
-              "CuPy's pool")
+        print(describe_device_memory(xp))
     final = run_dir / "model_final.npz"
     save_state_dict(model.state_dict(), final)
 
