@@ -16,11 +16,13 @@ Chapter: nbs/09_box_head.ipynb    Paper: Fast R-CNN Sec. 2.3; Mask R-CNN Sec. 3 
 
 from __future__ import annotations
 
-from .backend import get_array_module
-from .boxes import box_ioa, box_iou, clip_boxes_to_image, remove_small_boxes
+import numpy as np
+
+from .backend import get_array_module, to_device, to_host
+from .boxes import box_ioa, box_iou, clip_boxes_to_image
 from .layers import Linear, flatten, gather_rows, mul, relu, reshape, softmax_forward
 from .losses import cross_entropy, smooth_l1_loss
-from .matching import Matcher
+from .matching import Matcher, sampled_indices
 from .module import Module
 from .nms import batched_nms
 
@@ -108,12 +110,12 @@ def select_training_samples(proposals, gt_boxes, gt_labels, matcher, sampler, bo
         all_props.append(props)
         all_matched.append(matched)
         all_labels.append(labels)
-    pos_masks, neg_masks = sampler(all_labels, rng)
+    picked = sampled_indices(sampler, all_labels, rng)                 # host indices: one sync in all
     out_props, out_matched, out_labels, out_targets = [], [], [], []
-    for props, matched, labels, pos, neg, gt in zip(all_props, all_matched, all_labels, pos_masks, neg_masks,
-                                                     gt_boxes, strict=True):
+    for props, matched, labels, (pos, neg), gt in zip(all_props, all_matched, all_labels, picked, gt_boxes,
+                                                      strict=True):
         xp = get_array_module(props)
-        keep = xp.nonzero(pos | neg)[0]                                # sorted, as torch.where
+        keep = to_device(np.sort(np.concatenate([pos, neg])), xp)      # sorted, as torch.where
         props, matched, labels = props[keep], matched[keep], labels[keep]
         if gt.shape[0] == 0:
             targets = xp.zeros(props.shape, dtype=props.dtype)         # all background: no regression
@@ -177,23 +179,30 @@ def postprocess_detections(class_logits, box_regression, proposals, image_shapes
     pred_boxes = box_coder.decode_single(box_regression, xp.concatenate(proposals, axis=0))  # (R, 4K)
     pred_boxes = pred_boxes.reshape(R, K, 4)
     pred_scores = softmax_forward(class_logits, dim=-1)[0]                  # (R, K)
-    out_boxes, out_scores, out_labels = [], [], []
-    start = 0
-    for n, shape in zip(counts, image_shapes, strict=True):
-        boxes = clip_boxes_to_image(pred_boxes[start:start + n].reshape(-1, 4), shape).reshape(n, K, 4)
-        scores = pred_scores[start:start + n]
+    clipped, start = [], 0
+    for n, shape in zip(counts, image_shapes, strict=True):                 # clip to each image: no sync
+        clipped.append(clip_boxes_to_image(pred_boxes[start:start + n].reshape(-1, 4), shape).reshape(n, K, 4))
         start += n
-        labels = xp.broadcast_to(xp.arange(K, dtype=xp.int64)[None, :], (n, K))
-        boxes = boxes[:, 1:].reshape(-1, 4)                                  # (n * (K-1), 4)
-        scores = scores[:, 1:].reshape(-1)
-        labels = labels[:, 1:].reshape(-1)
-        inds = xp.nonzero(scores > score_thresh)[0]
-        boxes, scores, labels = boxes[inds], scores[inds], labels[inds]
-        keep = remove_small_boxes(boxes, min_size)
-        boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
-        keep = batched_nms(boxes, scores, labels, nms_thresh)[:detections_per_img]
-        out_boxes.append(boxes[keep])
-        out_scores.append(scores[keep])
-        out_labels.append(labels[keep])
+    image = to_device(np.repeat(np.arange(len(counts), dtype=np.int64), counts), xp)  # (R,) image of each RoI
+    boxes = xp.concatenate(clipped, axis=0)[:, 1:].reshape(-1, 4)            # (R * (K-1), 4), background dropped
+    scores = pred_scores[:, 1:].reshape(-1)
+    labels = xp.broadcast_to(xp.arange(1, K, dtype=xp.int64)[None, :], (R, K - 1)).reshape(-1)
+    image = xp.broadcast_to(image[:, None], (R, K - 1)).reshape(-1)
+    # All images at once (3 host syncs on a GPU, whatever the batch size): the pairs above the score
+    # threshold and of both sides >= min_size, one NMS whose categories are (image, class) pairs, then
+    # the detections_per_img best of each image.
+    ws, hs = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
+    inds = xp.nonzero((scores > score_thresh) & (ws >= min_size) & (hs >= min_size))[0]
+    boxes, scores, labels, image = boxes[inds], scores[inds], labels[inds], image[inds]
+    keep = batched_nms(boxes, scores, image * K + labels, nms_thresh)        # by decreasing score
+    keep = keep[xp.argsort(image[keep], kind="stable")]                      # grouped by image, still by score
+    kept = to_host(xp.bincount(image[keep], minlength=len(counts))).tolist()  # per-image counts (shapes)
+    out_boxes, out_scores, out_labels, start = [], [], [], 0
+    for c in kept:
+        k = keep[start:start + min(c, detections_per_img)]
+        out_boxes.append(boxes[k])
+        out_scores.append(scores[k])
+        out_labels.append(labels[k])
+        start += c
     return out_boxes, out_scores, out_labels
 

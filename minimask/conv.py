@@ -23,8 +23,10 @@ Chapter: nbs/01_convolution.ipynb
 
 from __future__ import annotations
 
+import numpy as np
+
 from . import conv_paths, init, tape, winograd
-from .backend import get_array_module
+from .backend import get_array_module, is_cupy_array
 from .conv_paths import col2im_cf_add, im2col_cf, pad_or_crop
 from .module import Module, Parameter
 
@@ -33,6 +35,7 @@ WINOGRAD_MIN_CHANNELS = 128  # Winograd when both channel counts reach this (see
 WINOGRAD_MIN_PIXELS = 64 * 64  # ...or both reach 64 and the output map has this many pixels
 WINOGRAD_KEEP_V = True  # keep Winograd's transformed input (4x x) for dW: one transform fewer, more memory
 SHIFT_MAX_WASTE = 0.5  # never take the shifted path when more than this fraction of its outputs is dropped
+DEVICE_PATH = "im2col"  # the path of every non-1x1 conv on CuPy arrays (see `_choose_path`)
 IM2COL_COPY_COST = 16.0  # im2col's copy costs about IM2COL_COPY_COST / O of its matmul (measured, see below)
 
 
@@ -116,8 +119,12 @@ def col2im(cols, x_shape, kernel_size, stride=1, padding=0, dilation=1):
 
 
 # --- choosing a path -------------------------------------------------------------------------------------
-def _choose_path(x_shape, n_out, kernel, stride, padding, dilation):
+def _choose_path(x_shape, n_out, kernel, stride, padding, dilation, on_device=False):
     """"1x1", "winograd", "shifted" or "im2col" for conv2d of x_shape with n_out output channels.
+
+    On a GPU (on_device: CuPy arrays) the choice is DEVICE_PATH for every kernel but 1x1: the cost model
+    below was measured on OpenBLAS, and im2col + one cuBLAS GEMM is the simple, known-good GPU form
+    until the Winograd path is measured on a GPU (benchmarks/gpu.py).
 
     FORCE_PATH overrides where the forced path applies. Winograd (3x3, stride 1, dilation 1) does 4/9 of
     the direct multiplications but adds transforms whose cost per pixel grows with C + O while the
@@ -138,6 +145,8 @@ def _choose_path(x_shape, n_out, kernel, stride, padding, dilation):
         return FORCE_PATH
     if kernel == (1, 1):
         return "1x1"
+    if on_device:
+        return DEVICE_PATH
     if not stride1:
         return "im2col"
     if winograd_ok and FORCE_PATH is None:
@@ -153,7 +162,7 @@ def _stride1_conv(x, weight, padding, dilation, keep=None):
     """A stride-1 conv2d on the path `_choose_path` picks (padding may be negative: it crops)."""
     x, padding = conv_paths.crop_negative_padding(x, padding)
     O, _, kh, kw = weight.shape
-    path = _choose_path(x.shape, O, (kh, kw), (1, 1), padding, dilation)
+    path = _choose_path(x.shape, O, (kh, kw), (1, 1), padding, dilation, is_cupy_array(x))
     out_hw = _output_hw(x.shape, weight.shape, (kh, kw), (1, 1), padding, dilation)
     if path == "1x1":
         return _pointwise_conv(x, weight, (1, 1), padding, out_hw)
@@ -203,7 +212,7 @@ def _conv2d_core(x, weight, stride, padding, dilation, keep=None):
     out_hw = _output_hw(x.shape, weight.shape, (kh, kw), stride, padding, dilation)
     if stride == (1, 1):
         return _stride1_conv(x, weight, padding, dilation, keep)
-    if _choose_path(x.shape, O, (kh, kw), stride, padding, dilation) == "1x1":
+    if _choose_path(x.shape, O, (kh, kw), stride, padding, dilation, is_cupy_array(x)) == "1x1":
         return _pointwise_conv(x, weight, stride, padding, out_hw)
     return conv_paths.im2col_conv(x, weight, stride, padding, dilation, out_hw)
 
@@ -220,13 +229,13 @@ def _conv2d_input_grad(dout, weight, x_shape, stride, padding, dilation):
     Ho, Wo = dout.shape[2:]
     (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
     exact = Ho + dh * (kh - 1) == H + 2 * ph and Wo + dw * (kw - 1) == W + 2 * pw  # no output_padding
-    if exact and _choose_path(x_shape, O, (kh, kw), stride, padding, dilation) == "winograd":
+    if exact and _choose_path(x_shape, O, (kh, kw), stride, padding, dilation, xp is not np) == "winograd":
         return winograd.winograd_backward(dout, weight, padding, x_shape)[0]
     if stride == (1, 1) and exact:
         # stride 1: dX is the full correlation of dY with the flipped, transposed kernel, itself a conv
         flipped = xp.ascontiguousarray(weight[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))  # (C, O, kh, kw)
         return _stride1_conv(dout, flipped, (dh * (kh - 1) - ph, dw * (kw - 1) - pw), dilation)
-    if (kh, kw) == (1, 1) and _choose_path(x_shape, O, (1, 1), stride, padding, dilation) == "1x1":
+    if (kh, kw) == (1, 1) and _choose_path(x_shape, O, (1, 1), stride, padding, dilation, xp is not np) == "1x1":
         # 1x1: dX[n] = W^T (C, O) @ dY[n] (O, L), written onto the pixels the forward read
         g = xp.matmul(weight.reshape(O, C).T, dout.reshape(N, O, Ho * Wo)).reshape(N, C, Ho, Wo)
         dxpad = xp.zeros((N, C, H + 2 * ph, W + 2 * pw), dtype=dout.dtype)
@@ -238,7 +247,7 @@ def _conv2d_input_grad(dout, weight, x_shape, stride, padding, dilation):
 def _conv2d_weight_grad(x, dout, w_shape, stride, padding, dilation):
     """dW of conv2d: dY (O, N*L) @ cols^T (N*L, C*kh*kw), on the path the forward took."""
     O, _, kh, kw = w_shape
-    path = _choose_path(x.shape, O, (kh, kw), stride, padding, dilation)
+    path = _choose_path(x.shape, O, (kh, kw), stride, padding, dilation, is_cupy_array(x))
     if path == "1x1":
         return _pointwise_weight_grad(x, dout, stride, padding)
     exact = dout.shape[2:] == _output_hw(x.shape, w_shape, (kh, kw), stride, padding, dilation)
@@ -283,7 +292,7 @@ def conv2d_backward(dout, cache, needs_input_grad=(True, True, True)):
     """
     x, weight, has_bias, s, p, d, kept = cache
     dout = dout.astype(x.dtype, copy=False)
-    if _choose_path(x.shape, weight.shape[0], weight.shape[2:], s, p, d) == "winograd":
+    if _choose_path(x.shape, weight.shape[0], weight.shape[2:], s, p, d, is_cupy_array(x)) == "winograd":
         # dX and dW together: both start from the same transform of dY
         dx, dw = winograd.winograd_backward(dout, weight if needs_input_grad[0] else None, p, x.shape,
                                             x if needs_input_grad[1] else None, kept)

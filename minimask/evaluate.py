@@ -23,7 +23,15 @@ from pycocotools import mask as mask_utils
 from pycocotools.cocoeval import COCOeval
 from tqdm import tqdm
 
-from .backend import keep_freed_host_memory, to_host
+from .backend import (
+    describe_device_memory,
+    device_module,
+    keep_freed_host_memory,
+    module_of,
+    to_device,
+    to_host,
+    track_device_memory,
+)
 from .errors import run_cli
 from .rundir import output_folder
 
@@ -56,16 +64,21 @@ def detections_to_coco(detection, image_id, label_to_cat_id, mask_threshold=0.5)
 
 
 def predict_dataset(model, dataset, batch_size=2, progress=True, limit=None):
-    """Run `model` (eval mode) over `dataset`; returns the list of COCO result dicts."""
+    """Run `model` (eval mode) over `dataset`; returns the list of COCO result dicts.
+
+    Each batch of images is uploaded once to the model's device; the detections come back to the
+    host (for COCOeval) in `detections_to_coco`.
+    """
     from .tape import no_grad
 
     model.eval()
+    xp = module_of(model)
     n = len(dataset) if limit is None else min(limit, len(dataset))
     results = []
     with no_grad():
         for start in tqdm(range(0, n, batch_size), desc="evaluate", disable=not progress, unit="batch"):
             idx = list(range(start, min(n, start + batch_size)))
-            images = [dataset[i][0] for i in idx]
+            images = to_device([dataset[i][0] for i in idx], xp)
             outputs = model(images)
             for i, det in zip(idx, outputs, strict=True):
                 results.extend(detections_to_coco(det, dataset.ids[i], dataset.label_to_cat_id))
@@ -134,9 +147,17 @@ def main(argv=None):
     p.add_argument("--limit", type=int, default=None, help="evaluate only the first N images")
     p.add_argument("--output-dir", default=None, help="where results.json and metrics.json go "
                                                       "(default: beside the checkpoint, in eval/)")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
+                   help="cpu (NumPy) or cuda (CuPy; MINIMASK_FAKE_CUDA=1: the stand-in device)")
     args = p.parse_args(argv)
+    try:
+        device_module(args.device)
+    except RuntimeError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     keep_freed_host_memory()
-    model, cfg = load_checkpoint_model(args.checkpoint)
+    model, cfg = load_checkpoint_model(args.checkpoint, device=args.device)
+    track_device_memory(module_of(model))
     if args.data_dir:
         cfg = cfg.replace(data_dir=args.data_dir)
     dataset = build_dataset(cfg, args.split or cfg.val_split)
@@ -147,6 +168,8 @@ def main(argv=None):
         outputs.file(name)
     metrics = evaluate_model(model, dataset, batch_size=args.batch_size, out_dir=out_dir, limit=args.limit)
     print(f"\nbbox AP {metrics['bbox']['AP']:.3f}   segm AP {metrics['segm']['AP']:.3f}   -> {out_dir}")
+    if args.device == "cuda":
+        print(describe_device_memory(module_of(model)))
     return 0
 
 

@@ -27,7 +27,6 @@ from pathlib import Path
 
 import numpy as np
 
-from . import backend
 from .backend import get_array_module, to_host
 
 KERNEL_FILES = ("roi_align.cu", "roi_pool.cu", "nms.cu")
@@ -224,18 +223,21 @@ def _cpu_kernel(filename, name, dtype, sanitize):
 
 
 @functools.lru_cache(maxsize=None)
-def _gpu_kernel(filename, name, dtype):
-    cp = backend._import_cupy()
-    return cp.RawKernel(kernel_source(filename), name, options=nvrtc_options(filename, dtype))
+def _gpu_kernel(filename, name, dtype, xp):
+    return xp.RawKernel(kernel_source(filename), name, options=nvrtc_options(filename, dtype))
 
 
 def get_kernel(filename, name, dtype, xp):
-    """The kernel `name` of `filename` for `dtype`: a cupy.RawKernel when xp is cupy, else a CpuKernel."""
+    """The kernel `name` of `filename` for `dtype`: a cupy.RawKernel when xp is cupy, else a CpuKernel.
+
+    On the stand-in device (minimask.testing.fake_cuda) `xp.RawKernel` compiles the same source
+    for the CPU emulation, so the device path is the one that runs.
+    """
     dtype = np.dtype(dtype)
     _scalar_name(dtype)
     if xp is np:
         return _cpu_kernel(filename, name, dtype, EMULATION_SANITIZE)
-    return _gpu_kernel(filename, name, dtype)
+    return _gpu_kernel(filename, name, dtype, xp)
 
 
 # ------------------------------------------------------------------------------------------------

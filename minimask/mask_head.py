@@ -77,12 +77,13 @@ class MaskRCNNPredictor(Module):
 # ------------------------------------------------------------------------------------------------
 
 
-def project_masks_on_boxes(gt_masks, boxes, matched_idxs, M, aligned=True, binarize=True):
+def project_masks_on_boxes(gt_masks, boxes, matched_idxs, M, aligned=True, binarize=True, matched_idxs_host=None):
     """Mask targets (P, M, M): gt mask matched_idxs[p] RoIAligned onto boxes[p] at M x M.
 
     gt_masks (G, H, W) uint8/bool in image pixels; boxes (P, 4) the positive proposals;
     matched_idxs (P,) int. Sampling as torchvision's (adaptive: ceil(box size / M) points per bin).
     binarize: >= 0.5 -> 1 (Detectron2); otherwise the soft average is the target (torchvision).
+    matched_idxs_host: the same indices on the host, when the caller has them (no device->host copy).
     Chapter: nbs/10_mask_head.ipynb
     """
     from .roi_align import roi_align_forward
@@ -92,7 +93,8 @@ def project_masks_on_boxes(gt_masks, boxes, matched_idxs, M, aligned=True, binar
     if P == 0:
         return xp.zeros((0, M, M), dtype=boxes.dtype)
     # only the matched masks are converted to float (a full-image float copy of every gt is wasteful)
-    used, local = np.unique(to_host(matched_idxs), return_inverse=True)   # host: a few ints
+    host = to_host(matched_idxs) if matched_idxs_host is None else matched_idxs_host
+    used, local = np.unique(host, return_inverse=True)   # host: a few ints
     masks = gt_masks[xp.asarray(used)][:, None].astype(boxes.dtype)          # (U, 1, H, W)
     rois = xp.concatenate([xp.asarray(local.reshape(-1), dtype=boxes.dtype)[:, None], boxes], axis=1)  # (P, 5)
     targets = roi_align_forward(masks, rois, output_size=(M, M), spatial_scale=1.0, sampling_ratio=-1,
@@ -164,6 +166,8 @@ def paste_masks_in_image(masks, boxes, img_shape, padding=1):
     xp = get_array_module(masks)
     H, W = int(img_shape[0]), int(img_shape[1])
     D = masks.shape[0]
+    if xp is not np:   # the loop below reads box corners on the host; on a device, all at once
+        return paste_masks_batched(masks, boxes, (H, W), padding)
     out = xp.zeros((D, 1, H, W), dtype=masks.dtype)
     if D == 0:
         return out
@@ -180,4 +184,60 @@ def paste_masks_in_image(masks, boxes, img_shape, padding=1):
             continue                                                       # box entirely outside
         resized = resize_bilinear(padded[d], (h, w))                       # (h, w)
         out[d, 0, y0c:y1c, x0c:x1c] = resized[y0c - y1:y1c - y1, x0c - x1:x1c - x1]
+    return out
+
+
+PASTE_CHUNK = 16   # detections pasted per pass of `paste_masks_batched` (bounds its temporaries)
+
+
+def _linear_weights_batched(start, length, n_in, n_out):
+    """`transform._linear_weights(n_in, length[d])` for each box d, evaluated at output pixels
+    p = 0..n_out-1 of the image (j = p - start[d] inside the box): (i0, i1, l0, l1, inside), each (D, n_out).
+    Same float32/float64 steps as the host version, so the weights are bit-identical."""
+    xp = get_array_module(start)
+    j = xp.arange(n_out, dtype=xp.int64)[None, :] - start[:, None]                     # (D, n_out)
+    scale = (np.float32(n_in) / length.astype(xp.float32)).astype(xp.float64)[:, None]  # (D, 1)
+    src = (scale * (j.astype(xp.float64) + 0.5) - 0.5).astype(xp.float32)
+    src = xp.maximum(src, np.float32(0))
+    i0 = xp.minimum(xp.floor(src).astype(xp.int64), n_in - 1)
+    l1 = xp.clip(src - i0.astype(xp.float32), np.float32(0), np.float32(1))
+    i1 = i0 + (i0 < n_in - 1)
+    inside = (j >= 0) & (j < length[:, None])
+    return i0, i1, np.float32(1) - l1, l1, inside
+
+
+def paste_masks_batched(masks, boxes, img_shape, padding=1):
+    """`paste_masks_in_image` for all detections at once, with no host round trip (the device path).
+
+    Each canvas pixel (y, x) inside detection d's grown, truncated box reads the bilinear weights
+    that the per-box resize would use at (y - y1, x - x1); outside the box it is 0. Equal to the
+    per-box loop bit for bit (tests/test_mask_head.py); works on NumPy and CuPy alike.
+    """
+    xp = get_array_module(masks)
+    H, W = int(img_shape[0]), int(img_shape[1])
+    D, M = masks.shape[0], masks.shape[-1]
+    out = xp.zeros((D, 1, H, W), dtype=masks.dtype)
+    if D == 0:
+        return out
+    dt = masks.dtype
+    P = M + 2 * padding
+    padded = xp.pad(masks[:, 0], ((0, 0), (padding, padding), (padding, padding)))   # (D, P, P)
+    grown = expand_boxes(boxes.astype(dt, copy=False), float(P) / M).astype(xp.int64)   # (D, 4) truncated
+    x1, y1 = grown[:, 0], grown[:, 1]
+    w = xp.maximum(grown[:, 2] - x1 + 1, 1)                                               # (D,)
+    h = xp.maximum(grown[:, 3] - y1 + 1, 1)
+    for d0 in range(0, D, PASTE_CHUNK):                    # chunks of detections, no sync between
+        sl = slice(d0, min(D, d0 + PASTE_CHUNK))
+        h0, h1, lh0, lh1, in_y = _linear_weights_batched(y1[sl], h[sl], P, H)     # (d, H)
+        w0, w1, lw0, lw1, in_x = _linear_weights_batched(x1[sl], w[sl], P, W)     # (d, W)
+        rows = xp.arange(h0.shape[0])[:, None]
+        top, bottom = padded[sl][rows, h0], padded[sl][rows, h1]                   # (d, H, P)
+        r3 = rows[:, :, None]
+        wi0, wi1 = w0[:, None, :], w1[:, None, :]                                  # (d, 1, W)
+        lw0_, lw1_ = lw0.astype(dt)[:, None, :], lw1.astype(dt)[:, None, :]
+        lh0_, lh1_ = lh0.astype(dt)[:, :, None], lh1.astype(dt)[:, :, None]
+        yy = xp.arange(H)[None, :, None]
+        val = lh0_ * (lw0_ * top[r3, yy, wi0] + lw1_ * top[r3, yy, wi1]) + \
+            lh1_ * (lw0_ * bottom[r3, yy, wi0] + lw1_ * bottom[r3, yy, wi1])        # (d, H, W)
+        out[sl, 0] = xp.where(in_y[:, :, None] & in_x[:, None, :], val, 0).astype(dt, copy=False)
     return out

@@ -59,7 +59,7 @@ class Matcher:
             best_for_gt = q.max(axis=1, keepdims=True)  # (G, 1) best IoU each gt reaches
             # every anchor that reaches some gt's best IoU (ties included), if that IoU is > 0
             rescued = ((q == best_for_gt) & (best_for_gt > 0)).any(axis=0)  # (R,)
-            matches[rescued] = all_matches[rescued]
+            matches = xp.where(rescued, all_matches, matches)  # no boolean gather: no host sync
         return matches
 
 
@@ -80,19 +80,20 @@ def label_anchors(anchors, gt_boxes, matcher, iscrowd=None, crowd_ioa_thresh=0.0
     crowd = xp.zeros((gt_boxes.shape[0],), dtype=bool) if iscrowd is None else xp.asarray(iscrowd).astype(bool)
     if crowd.shape != (gt_boxes.shape[0],):
         raise ValueError(f"iscrowd has shape {tuple(crowd.shape)}, expected ({gt_boxes.shape[0]},) for the gt boxes")
-    gt = gt_boxes[~crowd].astype(anchors.dtype, copy=False)  # (G', 4) the boxes that may match
+    gt = gt_boxes.astype(anchors.dtype, copy=False)  # (G, 4)
     if gt.shape[0] == 0:
-        labels = xp.zeros((num,), dtype=anchors.dtype)
-        matched = xp.zeros_like(anchors)
-    else:
-        matches = matcher(box_iou(gt, anchors))  # (R,)
-        matched = gt[xp.maximum(matches, 0)]  # (R, 4)
-        labels = (matches >= 0).astype(anchors.dtype)
-        labels[matches == Matcher.BETWEEN_THRESHOLDS] = -1.0
-    if bool(crowd.any()):
-        crowd_boxes = gt_boxes[crowd].astype(anchors.dtype, copy=False)
-        in_crowd = (box_ioa(anchors, crowd_boxes) > crowd_ioa_thresh).any(axis=1)  # (R,)
-        labels[in_crowd & (labels == 0)] = -1.0
+        return xp.zeros((num,), dtype=anchors.dtype), xp.zeros_like(anchors)
+    # Crowd boxes take part with quality -1: never matched, never rescued (selecting the non-crowd
+    # rows instead would be a data-dependent shape, a host sync on a GPU). With no non-crowd gt,
+    # every anchor's best quality is -1 < low threshold: background, as with no gt at all.
+    quality = xp.where(crowd[:, None], anchors.dtype.type(-1), box_iou(gt, anchors))  # (G, R)
+    matches = matcher(quality)  # (R,)
+    matched = gt[xp.maximum(matches, 0)]  # (R, 4)
+    labels = (matches >= 0).astype(anchors.dtype)
+    labels[matches == Matcher.BETWEEN_THRESHOLDS] = -1.0
+    # anchors mostly inside a crowd box are not negatives either (all gt at once, crowd ones count)
+    in_crowd = ((box_ioa(anchors, gt) > crowd_ioa_thresh) & crowd[None, :]).any(axis=1)  # (R,)
+    labels[in_crowd & (labels == 0)] = -1.0
     return labels, matched
 
 
@@ -118,6 +119,20 @@ def subsample_labels(labels, num_samples, positive_fraction, rng, bg_label=0):
     return to_device(pos.astype(np.int64), xp), to_device(neg.astype(np.int64), xp)
 
 
+def sampled_indices(sampler, labels, rng):
+    """Per image (pos_idx, neg_idx), sorted int64 host arrays, from `sampler`.
+
+    `BalancedPositiveNegativeSampler.sample` gives them directly (one host copy per call). Any other
+    sampler with torchvision's interface (`sampler(labels, rng)` -> bool masks) works too, its masks
+    read back per image.
+    """
+    if hasattr(sampler, "sample"):
+        return sampler.sample(labels, rng)
+    pos_masks, neg_masks = sampler(labels, rng)
+    return [(np.flatnonzero(to_host(p)).astype(np.int64), np.flatnonzero(to_host(q)).astype(np.int64))
+            for p, q in zip(pos_masks, neg_masks, strict=True)]
+
+
 class BalancedPositiveNegativeSampler:
     """torchvision's sampler: per image, `batch_size_per_image` anchors, `positive_fraction` fg.
 
@@ -129,11 +144,28 @@ class BalancedPositiveNegativeSampler:
         self.batch_size_per_image = batch_size_per_image
         self.positive_fraction = positive_fraction
 
+    def sample(self, labels, rng):
+        """Per image, the sampled (pos_idx, neg_idx): sorted int64 NumPy arrays on the host.
+
+        The labels of every image come to the host in one copy (one sync per call, not per image);
+        the draws are `subsample_labels`' exactly, image after image, from the same `rng`.
+        """
+        if not labels:
+            return []
+        xp = get_array_module(*labels)
+        host = to_host(xp.concatenate([lab.reshape(-1) for lab in labels])) if xp is not np else None
+        out, start = [], 0
+        for lab in labels:
+            part = lab if host is None else host[start:start + lab.shape[0]]
+            start += lab.shape[0]
+            out.append(subsample_labels(part, self.batch_size_per_image, self.positive_fraction, rng))
+        return out
+
     def __call__(self, labels, rng):
         pos_masks, neg_masks = [], []
-        for lab in labels:
+        for lab, (pos, neg) in zip(labels, self.sample(labels, rng), strict=True):
             xp = get_array_module(lab)
-            pos, neg = subsample_labels(lab, self.batch_size_per_image, self.positive_fraction, rng)
+            pos, neg = to_device(pos, xp), to_device(neg, xp)
             pm = xp.zeros(lab.shape, dtype=bool)
             nm = xp.zeros(lab.shape, dtype=bool)
             pm[pos] = True

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .backend import get_array_module
+from .backend import get_array_module, to_device, to_host
 from .box_head import FastRCNNPredictor, TwoMLPHead, fastrcnn_loss, postprocess_detections, select_training_samples
 from .boxes import BoxCoder
 from .config import MaskRCNNConfig, RoIHeadsConfig, with_overrides
@@ -33,16 +33,49 @@ from .transform import GeneralizedRCNNTransform, check_targets
 FEATMAP_NAMES = ("0", "1", "2", "3")        # RoIs are pooled from P2..P5 (P6 feeds only the RPN)
 
 
-def _split_crowd(target):
-    """(boxes, labels, masks) of the non-crowd objects and the (C, 4) crowd boxes of one target."""
+def _split_crowd(target, num_crowd=None):
+    """(boxes, labels, masks) of the non-crowd objects and the (C, 4) crowd boxes of one target.
+
+    num_crowd: the number of crowd boxes if known (`_count_crowd` reads all images' at once).
+    """
     xp = get_array_module(target["boxes"])
     boxes, labels, masks = target["boxes"], target["labels"], target.get("masks")
     crowd = target.get("iscrowd")
     if crowd is None:
         return boxes, labels, masks, boxes[:0]
     crowd = xp.asarray(crowd).astype(bool)
-    keep = ~crowd
-    return boxes[keep], labels[keep], (None if masks is None else masks[keep]), boxes[crowd]
+    num_crowd = int(crowd.sum()) if num_crowd is None else num_crowd   # a shape: a host sync on a GPU
+    order = xp.argsort(crowd, kind="stable")  # the others first, each group in its order
+    keep, crowd_idx = order[:order.shape[0] - num_crowd], order[order.shape[0] - num_crowd:]
+    return boxes[keep], labels[keep], (None if masks is None else masks[keep]), boxes[crowd_idx]
+
+
+def _count_crowd(targets):
+    """Crowd boxes per target, as host ints: one copy for the whole batch (None: no iscrowd field)."""
+    crowds = [t.get("iscrowd") for t in targets]
+    if not crowds or any(c is None for c in crowds):
+        return [None] * len(targets)
+    xp = get_array_module(*crowds)
+    return [int(n) for n in to_host(xp.stack([xp.asarray(c).astype(bool).sum() for c in crowds]))]
+
+
+def _labels_and_matches_on_host(labels, matched_idxs):
+    """[(labels_i, matched_idxs_i)] as host int64 arrays: every image's in one device->host copy.
+
+    Which sampled RoIs are positive, and which gt each matched, decide shapes (the mask branch's
+    RoIs, the gt masks it converts); reading them once per batch is one sync instead of two per image.
+    """
+    if not labels:
+        return []
+    xp = get_array_module(*labels)
+    if xp is np:
+        return [(lab, idx) for lab, idx in zip(labels, matched_idxs, strict=True)]
+    both = to_host(xp.stack([xp.concatenate(labels).astype(xp.int64), xp.concatenate(matched_idxs).astype(xp.int64)]))
+    out, start = [], 0
+    for lab in labels:
+        out.append((both[0, start:start + lab.shape[0]], both[1, start:start + lab.shape[0]]))
+        start += lab.shape[0]
+    return out
 
 
 class RoIHeads(Module):
@@ -76,7 +109,7 @@ class RoIHeads(Module):
         if self.training:
             if targets is None:
                 raise ValueError("RoIHeads in training mode needs targets")
-            split = [_split_crowd(t) for t in targets]
+            split = [_split_crowd(t, n) for t, n in zip(targets, _count_crowd(targets), strict=True)]
             gt_boxes = [s[0] for s in split]
             gt_labels = [s[1] for s in split]
             gt_masks = [s[2] for s in split]
@@ -93,13 +126,17 @@ class RoIHeads(Module):
                                                           beta=cfg.box_loss_beta)
             # the mask branch sees only the positives, each with the gt it was matched to
             mask_props, mask_labels, mask_targets = [], [], []
-            for props, lab, idx, masks in zip(proposals, labels, matched_idxs, gt_masks, strict=True):
+            host = _labels_and_matches_on_host(labels, matched_idxs)   # all images in one copy
+            for props, lab, idx, masks, (hlab, hidx) in zip(proposals, labels, matched_idxs, gt_masks, host,
+                                                            strict=True):
                 xp = get_array_module(props)
-                pos = xp.nonzero(lab > 0)[0]
+                pos_h = np.flatnonzero(hlab > 0)
+                pos = to_device(pos_h, xp)
                 mask_props.append(props[pos])
                 mask_labels.append(lab[pos])
                 mask_targets.append(project_masks_on_boxes(masks, props[pos], idx[pos], 2 * cfg.mask_pool_size,
-                                                           aligned=cfg.aligned, binarize=cfg.mask_target_binarize))
+                                                           aligned=cfg.aligned, binarize=cfg.mask_target_binarize,
+                                                           matched_idxs_host=hidx[pos_h]))
             xp = get_array_module(proposals[0])
             num_pos = sum(p.shape[0] for p in mask_props)
             if num_pos == 0:   # nothing to learn a mask from: a zero that adds nothing

@@ -201,11 +201,11 @@ class Module:
             if kind == "param":
                 p = m._parameters[name]
                 xp = get_array_module(p.data)
-                p.data = to_device(np.asarray(to_host(state[k]), dtype=to_host(p.data).dtype), xp).copy()
+                p.data = to_device(np.asarray(to_host(state[k]), dtype=p.data.dtype), xp).copy()
             else:
                 b = m._buffers[name]
                 xp = get_array_module(b)
-                m._buffers[name] = to_device(np.asarray(to_host(state[k]), dtype=to_host(b).dtype), xp).copy()
+                m._buffers[name] = to_device(np.asarray(to_host(state[k]), dtype=b.dtype), xp).copy()
         return missing, unexpected
 
 

@@ -16,7 +16,7 @@ import math
 import numpy as np
 
 from . import tape
-from .backend import get_array_module
+from .backend import get_array_module, to_device, to_host
 from .module import Module
 from .roi_align import _pair, convert_boxes_to_roi_format, roi_align
 
@@ -72,9 +72,10 @@ def multiscale_roi_align(features, boxes, output_size, scales, sampling_ratio=2,
     k_min = int(round(-math.log2(scales[0])))
     k_max = int(round(-math.log2(scales[-1])))
     levels = map_levels(rois, k_min, k_max, canonical_scale, canonical_level) - k_min   # (K,) 0..L-1
+    host_levels = to_host(levels)   # one sync: how many RoIs go to each level is a shape
     pooled, positions = [], []
     for lvl, (feat, scale) in enumerate(zip(features, scales, strict=True)):   # a loop over the L levels
-        pos = xp.flatnonzero(levels == lvl)
+        pos = to_device(np.flatnonzero(host_levels == lvl), xp)
         pooled.append(roi_align(feat, rois[pos], (ph, pw), scale, sampling_ratio, aligned))
         positions.append(pos)
     return merge_levels(*pooled, positions=positions)

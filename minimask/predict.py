@@ -16,7 +16,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from PIL import Image
 
-from .backend import keep_freed_host_memory, to_host
+from .backend import device_module, keep_freed_host_memory, module_of, to_device, to_host
 from .coco_check import resize_problem
 from .data import DataError, to_chw_float
 from .errors import run_cli
@@ -44,9 +44,17 @@ def main(argv=None):
     p.add_argument("--checkpoint", required=True, help="a checkpoint .npz written by minimask.train")
     p.add_argument("--score-thresh", type=float, default=0.5, help="draw detections scoring at least this")
     p.add_argument("--output-dir", default=None, help="where the PNGs go (default: predictions/ beside the checkpoint)")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
+                   help="cpu (NumPy) or cuda (CuPy; MINIMASK_FAKE_CUDA=1: the stand-in device)")
     args = p.parse_args(argv)
+    try:
+        device_module(args.device)
+    except RuntimeError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     keep_freed_host_memory()
-    model, _ = load_checkpoint_model(args.checkpoint)
+    model, _ = load_checkpoint_model(args.checkpoint, device=args.device)
+    xp = module_of(model)
     out_dir = Path(args.output_dir) if args.output_dir else Path(args.checkpoint).parent / "predictions"
     outputs = output_folder(out_dir)   # never draws over a file minimask did not write
     for path in args.images:
@@ -55,12 +63,13 @@ def main(argv=None):
         if problem:
             raise DataError(f"{path}: {problem}")
         with no_grad():
-            det = model([to_chw_float(image)])[0]
-        keep = to_host(det["scores"]) >= args.score_thresh
+            det = model([to_device(to_chw_float(image), xp)])[0]     # one upload per image
+        det = {k: to_host(v) for k, v in det.items()}                   # the detections come back to draw
+        keep = det["scores"] >= args.score_thresh
         h, w = image.shape[:2]
         fig, ax = plt.subplots(figsize=(max(3, w / 100), max(3, h / 100)))
-        draw_instances(ax, image, to_host(det["boxes"])[keep], to_host(det["labels"])[keep],
-                       to_host(det["scores"])[keep], to_host(det["masks"])[keep], model.class_names)
+        draw_instances(ax, image, det["boxes"][keep], det["labels"][keep], det["scores"][keep], det["masks"][keep],
+                       model.class_names)
         out = outputs.file(Path(path).stem + ".png")
         fig.tight_layout()
         fig.savefig(out, dpi=100)

@@ -19,12 +19,12 @@ import numpy as np
 
 from . import init
 from .anchors import AnchorGenerator
-from .backend import get_array_module, to_device
-from .boxes import BoxCoder, clip_boxes_to_image, remove_small_boxes
+from .backend import get_array_module, to_device, to_host
+from .boxes import BoxCoder, clip_boxes_to_image
 from .conv import Conv2d
 from .layers import ReLU, concatenate, gather_rows, mul, reshape, sigmoid_forward, transpose
 from .losses import binary_cross_entropy_with_logits, smooth_l1_loss
-from .matching import BalancedPositiveNegativeSampler, Matcher, label_anchors
+from .matching import BalancedPositiveNegativeSampler, Matcher, label_anchors, sampled_indices
 from .module import Module, Parameter, Sequential
 from .nms import batched_nms
 from .tape import Tensor
@@ -120,17 +120,29 @@ def filter_proposals(proposals_fn, objectness, image_sizes, num_anchors_per_leve
         start += count
     picks = xp.concatenate(picks, axis=1)  # (N, K) anchor indices
     levels = xp.concatenate(levels)  # (K,) level of each pick
-    final_boxes, final_scores = [], []
-    for i in range(n):
-        idx = picks[i]
-        scores = sigmoid_forward(objectness[i, idx])[0]  # (K,)
-        boxes = clip_boxes_to_image(proposals_fn(i, idx), image_sizes[i])  # (K, 4)
-        keep = remove_small_boxes(boxes, min_size)
-        keep = keep[scores[keep] >= score_thresh]
-        boxes, scores, lvl = boxes[keep], scores[keep], levels[keep]
-        keep = batched_nms(boxes, scores, lvl, nms_thresh)[:post_nms_top_n]  # NMS per level
-        final_boxes.append(boxes[keep])
-        final_scores.append(scores[keep])
+    K = picks.shape[1]
+    scores, boxes = [], []
+    for i in range(n):  # decode and clip per image (its own size): device work, no host sync
+        scores.append(sigmoid_forward(objectness[i, picks[i]])[0])  # (K,)
+        boxes.append(clip_boxes_to_image(proposals_fn(i, picks[i]), image_sizes[i]))  # (K, 4)
+    scores, boxes = xp.concatenate(scores), xp.concatenate(boxes)  # (N*K,), (N*K, 4) image after image
+    # The rest for the whole batch at once (3 host syncs on a GPU, whatever N): remove_small_boxes and
+    # the score threshold in one selection, then one NMS whose categories are (image, level) pairs, as
+    # many separate NMS runs would be, then the post_nms_top_n best of each image.
+    ws, hs = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
+    keep = xp.nonzero((ws >= min_size) & (hs >= min_size) & (scores >= score_thresh))[0]
+    image = keep // K  # (M,) the image of each candidate
+    boxes, scores = boxes[keep], scores[keep]
+    keep = batched_nms(boxes, scores, image * len(num_anchors_per_level) + levels[keep % K], nms_thresh)
+    image = image[keep]  # kept candidates by decreasing score over the batch
+    keep = keep[xp.argsort(image, kind="stable")]  # grouped by image, each still by decreasing score
+    counts = to_host(xp.bincount(image, minlength=n)).tolist()  # how many each image kept (a shape)
+    final_boxes, final_scores, start = [], [], 0
+    for c in counts:
+        k = keep[start:start + min(c, post_nms_top_n)]
+        final_boxes.append(boxes[k])
+        final_scores.append(scores[k])
+        start += c
     return final_boxes, final_scores
 
 
@@ -237,9 +249,9 @@ class RegionProposalNetwork(Module):
         xp = get_array_module(anchors)
         num = anchors.shape[0]
         labels, matched = self.assign_targets_to_anchors(anchors, targets)
-        pos_masks, neg_masks = self.fg_bg_sampler(labels, rng)
-        pos_idx = xp.concatenate([xp.nonzero(m)[0] + i * num for i, m in enumerate(pos_masks)])  # flat
-        neg_idx = xp.concatenate([xp.nonzero(m)[0] + i * num for i, m in enumerate(neg_masks)])
+        picked = sampled_indices(self.fg_bg_sampler, labels, rng)  # per image (pos, neg) on the host
+        pos_idx = to_device(np.concatenate([p + i * num for i, (p, _) in enumerate(picked)]), xp)  # flat
+        neg_idx = to_device(np.concatenate([n + i * num for i, (_, n) in enumerate(picked)]), xp)
         matched = xp.concatenate(matched)  # (N * R, 4)
         flat_anchors = xp.tile(anchors, (len(targets), 1))  # (N * R, 4)
         # regression targets for the sampled positives only: the others are never read

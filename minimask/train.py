@@ -36,7 +36,14 @@ from pathlib import Path
 import numpy as np
 
 from . import paths
-from .backend import keep_freed_host_memory, to_host
+from .backend import (
+    describe_device_memory,
+    device_module,
+    keep_freed_host_memory,
+    to_device,
+    to_host,
+    track_device_memory,
+)
 from .checkpoint import (
     checkpoint_name,
     last_good_checkpoint,
@@ -99,7 +106,7 @@ class TrainConfig:
     log_every: int = 10                 # iterations between metrics.jsonl lines
     checkpoint_every: int = 250         # iterations between checkpoints
     eval_limit: int = 0                 # evaluate on at most this many val images (0: all)
-    device: str = "cpu"                 # "cpu" (NumPy) or "cuda" (CuPy)
+    device: str = "cpu"                 # "cpu" (NumPy) or "cuda" (CuPy; MINIMASK_FAKE_CUDA=1: the stand-in device)
     resume: bool = False                # continue from the newest checkpoint in output_dir, with its configuration
     overwrite: bool = False             # replace the run in output_dir (deletes only the files that run wrote)
 
@@ -189,22 +196,21 @@ def build_model(cfg: TrainConfig, num_classes: int, rng):
         raise ValueError(f"unknown model {cfg.model!r}: small | resnet50_fpn")
     if cfg.weights:
         model.load_state_dict(load_state_file(cfg.weights), strict=False)
-    if cfg.device == "cuda":
-        from .backend import _import_cupy
-
-        cp = _import_cupy()
-        if cp is None:
-            raise RuntimeError("--device cuda needs cupy (pip install 'minimask[gpu]') and a CUDA device")
-        model.to(cp)
-    return model
+    return model.to(device_module(cfg.device))   # parameters and buffers on the device, once
 
 
 # --- checkpoints (the file format lives in checkpoint.py) ------------------------------------------
 
-def load_checkpoint_model(path):
-    """(model in eval mode, TrainConfig) rebuilt from a checkpoint or model_final.npz written by this module."""
+def load_checkpoint_model(path, device="cpu"):
+    """(model in eval mode, TrainConfig) rebuilt from a checkpoint or model_final.npz written by this module.
+
+    device: "cpu" | "cuda" (None: the device the run trained on). Checkpoints hold host arrays, so
+    one written on a GPU loads on the CPU and the reverse.
+    """
     state, meta = read_checkpoint(path)
     cfg = config_from_json(meta["config"])
+    if device is not None:
+        cfg = cfg.replace(device=device)
     model = build_model(cfg.replace(weights=""), len(meta["class_names"]), np.random.default_rng(0))
     model.load_state_dict(model_state(state, meta))
     model.class_names = meta["class_names"]
@@ -339,6 +345,8 @@ def train(cfg: TrainConfig, progress=True, interrupt_at=None, given=None):
     val_set = build_dataset(cfg, cfg.val_split)
     class_names = train_set.class_names
     rng = np.random.default_rng([cfg.seed, 1])   # model init and in-model sampling
+    xp = device_module(cfg.device)
+    track_device_memory(xp)
     model = build_model(cfg, train_set.num_classes, rng)
     model.train()
     for ds in (train_set, val_set):   # an image the resize would make 0 px thin: named now, not mid-run
@@ -380,13 +388,16 @@ def train(cfg: TrainConfig, progress=True, interrupt_at=None, given=None):
                 print(f"\ntime limit of {cfg.time_limit_minutes} min reached at iteration {it}")
                 break
             t_data = time.perf_counter()
-            images, targets = next(batches)
+            # one explicit upload per batch: every image and every target array (a no-op on the CPU)
+            images, targets = to_device(next(batches), xp)
             t_step = time.perf_counter()
             try:
                 losses = model(images, targets, rng=rng)
             except NonFiniteError as e:   # a loss met NaN/inf logits: the weights have diverged
                 raise NonFiniteLoss(_diverged(f"non-finite loss at iteration {it + 1} ({e})", run_dir)) from None
-            values = {k: float(to_host(v.data)) for k, v in losses.items()}
+            # the loss values come back to the host together: one device->host copy per iteration
+            host = to_host(xp.stack([v.data.reshape(()) for v in losses.values()]))
+            values = {k: float(x) for k, x in zip(losses, host, strict=True)}
             total = sum(values.values())
             if not math.isfinite(total):
                 raise NonFiniteLoss(_diverged(f"non-finite loss at iteration {it + 1}: {values}", run_dir))
@@ -422,6 +433,8 @@ def train(cfg: TrainConfig, progress=True, interrupt_at=None, given=None):
         save_checkpoint(run.file(checkpoint_name(it)), model, optimizer, scheduler, it, rng, config_to_json(cfg),
                         class_names)
     train_time = time.perf_counter() - t0
+    if xp is not np:
+        print(describe_device_memory(xp))
     save_model(run.file("model_final.npz"), model, it, config_to_json(cfg), class_names)
 
     from .evaluate import evaluate_model
@@ -459,6 +472,11 @@ def _truncate_metrics(path: Path, iteration: int):
 
 def main(argv=None):
     cfg, given = parse_config(argv)
+    try:
+        device_module(cfg.device)   # a missing CuPy or GPU is said now, not after the data is generated
+    except (RuntimeError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     keep_freed_host_memory()  # a process that trains reuses its temporaries' memory (see backend)
     os.environ.setdefault("PYTHONHASHSEED", str(cfg.seed))
     try:

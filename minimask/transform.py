@@ -18,7 +18,7 @@ import math
 
 import numpy as np
 
-from .backend import get_array_module, to_host
+from .backend import get_array_module, is_cupy_array, to_host
 from .config import TransformConfig
 from .layers import interpolate_forward
 
@@ -111,6 +111,7 @@ def check_targets(images, targets, num_classes, need_masks=True, tol=1.0):
         raise ValueError("training mode needs targets (a list of dicts with boxes, labels, masks)")
     if len(targets) != len(images):
         raise ValueError(f"got {len(images)} images but {len(targets)} targets")
+    device_flags, device_images = [], []
     for i, (im, t) in enumerate(zip(images, targets, strict=True)):
         where = f"targets[{i}]"
         if not isinstance(t, dict):
@@ -126,27 +127,17 @@ def check_targets(images, targets, num_classes, need_masks=True, tol=1.0):
         if boxes.dtype.kind != "f":
             raise ValueError(f"{where}['boxes']: expected a float array, got dtype {boxes.dtype}")
         G = boxes.shape[0]
-        b = to_host(boxes)
-        if not np.isfinite(b).all():
-            raise ValueError(f"{where}['boxes']: non-finite coordinates")
-        bad = np.nonzero((b[:, 2] <= b[:, 0]) | (b[:, 3] <= b[:, 1]))[0]
-        if bad.size:
-            raise ValueError(f"{where}['boxes']: box {int(bad[0])} {b[bad[0]].tolist()} has non-positive width "
-                             f"or height (x1 y1 x2 y2 expected)")
-        out = np.nonzero((b[:, 0] < -tol) | (b[:, 1] < -tol) | (b[:, 2] > W + tol) | (b[:, 3] > H + tol))[0]
-        if out.size:
-            raise ValueError(f"{where}['boxes']: box {int(out[0])} {b[out[0]].tolist()} lies outside the "
-                             f"{H}x{W} image")
         labels = t["labels"]
         if getattr(labels, "shape", None) != (G,):
             raise ValueError(f"{where}['labels']: expected shape ({G},) to match boxes, got "
                              f"{tuple(getattr(labels, 'shape', ()))}")
         if labels.dtype.kind not in "iu":
             raise ValueError(f"{where}['labels']: expected integer class ids, got dtype {labels.dtype}")
-        lab = to_host(labels)
-        if G and (lab.min() < 1 or lab.max() >= num_classes):
-            raise ValueError(f"{where}['labels']: labels must be in [1, {num_classes - 1}] (0 is background), "
-                             f"got min {int(lab.min())} max {int(lab.max())}")
+        if is_cupy_array(boxes) or is_cupy_array(labels):
+            device_flags.append(_bad_values(boxes, labels, H, W, num_classes, tol))   # checked below
+            device_images.append(i)
+        else:
+            _check_values(where, to_host(boxes), to_host(labels), H, W, num_classes, tol)
         if need_masks:
             masks = t["masks"]
             if getattr(masks, "ndim", None) != 3 or tuple(masks.shape) != (G, H, W):
@@ -156,6 +147,41 @@ def check_targets(images, targets, num_classes, need_masks=True, tol=1.0):
                 raise ValueError(f"{where}['masks']: expected uint8 or bool masks, got dtype {masks.dtype}")
         if "iscrowd" in t and t["iscrowd"] is not None and tuple(t["iscrowd"].shape) != (G,):
             raise ValueError(f"{where}['iscrowd']: expected shape ({G},), got {tuple(t['iscrowd'].shape)}")
+    if device_flags:
+        # device targets: one flag per image, read back together (one host sync per batch); only a
+        # bad image is copied to the host, to name the box
+        xp = get_array_module(*device_flags)
+        for k in np.flatnonzero(to_host(xp.stack(device_flags))):
+            i = device_images[k]
+            H, W = images[i].shape[-2:]
+            _check_values(f"targets[{i}]", to_host(targets[i]["boxes"]), to_host(targets[i]["labels"]), H, W,
+                          num_classes, tol)
+
+
+def _bad_values(boxes, labels, H, W, num_classes, tol):
+    """A 0-d bool array: does `_check_values` object to these boxes and labels? (no host sync)"""
+    xp = get_array_module(boxes)
+    b = boxes
+    bad = ~xp.isfinite(b).all() | ((b[:, 2] <= b[:, 0]) | (b[:, 3] <= b[:, 1])).any()
+    bad = bad | ((b[:, 0] < -tol) | (b[:, 1] < -tol) | (b[:, 2] > W + tol) | (b[:, 3] > H + tol)).any()
+    return bad | ((labels < 1) | (labels >= num_classes)).any()
+
+
+def _check_values(where, b, lab, H, W, num_classes, tol):
+    """The value checks of `check_targets` on host arrays: boxes b (G, 4), labels lab (G,)."""
+    if not np.isfinite(b).all():
+        raise ValueError(f"{where}['boxes']: non-finite coordinates")
+    bad = np.nonzero((b[:, 2] <= b[:, 0]) | (b[:, 3] <= b[:, 1]))[0]
+    if bad.size:
+        raise ValueError(f"{where}['boxes']: box {int(bad[0])} {b[bad[0]].tolist()} has non-positive width "
+                         f"or height (x1 y1 x2 y2 expected)")
+    out = np.nonzero((b[:, 0] < -tol) | (b[:, 1] < -tol) | (b[:, 2] > W + tol) | (b[:, 3] > H + tol))[0]
+    if out.size:
+        raise ValueError(f"{where}['boxes']: box {int(out[0])} {b[out[0]].tolist()} lies outside the "
+                         f"{H}x{W} image")
+    if lab.size and (lab.min() < 1 or lab.max() >= num_classes):
+        raise ValueError(f"{where}['labels']: labels must be in [1, {num_classes - 1}] (0 is background), "
+                         f"got min {int(lab.min())} max {int(lab.max())}")
 
 
 # ------------------------------------------------------------------------------------------------

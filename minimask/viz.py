@@ -13,7 +13,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt  # with no display, matplotlib falls back to its Agg backend
 import numpy as np
 
-from .backend import to_host
+from .backend import module_of, to_device, to_host
 
 COLOURS = plt.get_cmap("tab20").colors
 
@@ -86,7 +86,7 @@ def plot_predictions(model, dataset, out_png, class_names=None, num_images=6, sc
     with no_grad():
         for i in range(n):
             image, target = dataset[i]
-            det = model([image])[0]
+            det = model([to_device(image, module_of(model))])[0]   # upload; results back for drawing
             keep = to_host(det["scores"]) >= score_thresh
             draw_instances(axes[0, i], image, target["boxes"], target["labels"], None, target["masks"], class_names)
             draw_instances(axes[1, i], image, to_host(det["boxes"])[keep], to_host(det["labels"])[keep],

@@ -168,20 +168,48 @@ def test_emulation_under_thread_sanitizer(tmp_path):
 CUPY_NAMES = {"xp": "cupy", "cp": "cupy", "cupy": "cupy", "_cupy": "cupy", "cupyx": "cupyx", "_cupyx": "cupyx"}
 
 
+def _package_files():
+    """Every .py of the package, subpackages included (the stand-in device is NumPy, not an xp user)."""
+    return [p for p in sorted(PACKAGE.rglob("*.py")) if p.name != "fake_cuda.py"]
+
+
+def _cupy_chain(node):
+    """(root, 'a.b.c') when `node` is an attribute chain on a name bound to cupy/cupyx (xp, cp, ...) or on
+    `get_array_module(...)`; else None."""
+    chain, n = [], node
+    while isinstance(n, ast.Attribute):
+        chain.append(n.attr)
+        n = n.value
+    if not chain:
+        return None
+    if isinstance(n, ast.Name) and n.id in CUPY_NAMES:
+        return CUPY_NAMES[n.id], ".".join(reversed(chain))
+    if isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id == "get_array_module":
+        return "cupy", ".".join(reversed(chain))
+    return None
+
+
 def cupy_attribute_chains():
-    """(file, root, 'a.b.c') for every attribute chain on a name bound to cupy/cupyx (xp, cp, ...)."""
+    """(file, root, 'a.b.c') for every attribute chain on cupy/cupyx in the package."""
     found = set()
-    for path in sorted(PACKAGE.glob("*.py")):
+    for path in _package_files():
         for node in ast.walk(ast.parse(path.read_text())):
-            if not isinstance(node, ast.Attribute):
-                continue
-            chain, n = [], node
-            while isinstance(n, ast.Attribute):
-                chain.append(n.attr)
-                n = n.value
-            if isinstance(n, ast.Name) and n.id in CUPY_NAMES:
-                found.add((path.name, CUPY_NAMES[n.id], ".".join(reversed(chain))))
+            if isinstance(node, ast.Attribute) and (c := _cupy_chain(node)) is not None:
+                found.add((str(path.relative_to(PACKAGE)), *c))
     return sorted(found)
+
+
+def cupy_calls():
+    """(file:line, root, chain, keywords, positional count) for every call `xp.f(...)` in the package."""
+    calls = []
+    for path in _package_files():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and (c := _cupy_chain(node.func)) is not None:
+                starred = any(isinstance(a, ast.Starred) for a in node.args)
+                calls.append((f"{path.relative_to(PACKAGE)}:{node.lineno}", *c,
+                              tuple(k.arg for k in node.keywords if k.arg is not None),
+                              None if starred else len(node.args)))
+    return calls
 
 
 def test_audit_cupy_names():
@@ -199,6 +227,52 @@ def test_audit_cupy_names():
                 break
             obj = getattr(obj, part)
     assert not missing, "names the installed cupy lacks:\n" + "\n".join(missing)
+
+
+# keywords every CuPy ufunc call takes (ufuncs have no introspectable signature)
+UFUNC_KEYWORDS = {"out", "dtype", "casting"}
+
+
+def test_audit_every_cupy_call():
+    """Every `xp.f(...)` call in the package: f exists in cupy, and cupy's f accepts its keywords and
+    its number of positional arguments (NumPy-only keywords such as `kind="quicksort"` or
+    `keepdims` where CuPy lacks it would fail on the first GPU, not here otherwise)."""
+    import inspect
+
+    cupy = pytest.importorskip("cupy", reason="the audit needs cupy (the 'dev' extra)")
+    cupyx = pytest.importorskip("cupyx", reason="the audit needs cupyx")
+    roots = {"cupy": cupy, "cupyx": cupyx}
+    calls = cupy_calls()
+    assert len(calls) > 100, "the audit should see the package's xp calls"
+    problems, checked = [], 0
+    for where, root, chain, keywords, npos in calls:
+        obj = roots[root]
+        for part in chain.split("."):
+            obj = getattr(obj, part, None)
+        if obj is None:
+            problems.append(f"{where}: {root}.{chain} does not exist")
+            continue
+        if isinstance(obj, type) or inspect.ismodule(obj):
+            continue                                    # dtypes (xp.float32(...)), RawKernel(...)
+        try:
+            sig = inspect.signature(obj)
+        except (TypeError, ValueError):                 # ufuncs and compiled functions
+            bad = set(keywords) - UFUNC_KEYWORDS if type(obj).__name__ == "ufunc" else set()
+            if bad:
+                problems.append(f"{where}: {root}.{chain} (a ufunc) does not take {sorted(bad)}")
+            continue
+        checked += 1
+        params = sig.parameters.values()
+        if not any(p.kind is p.VAR_KEYWORD for p in params):
+            names = {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+            if set(keywords) - names:
+                problems.append(f"{where}: {root}.{chain} does not take {sorted(set(keywords) - names)}")
+        if npos is not None and not any(p.kind is p.VAR_POSITIONAL for p in params):
+            most = sum(p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) for p in params)
+            if npos > most:
+                problems.append(f"{where}: {root}.{chain} takes at most {most} positional arguments, got {npos}")
+    assert checked > 50
+    assert not problems, "calls the installed cupy would refuse:\n" + "\n".join(problems)
 
 
 # ------------------------------------------------------------------------------------------------
