@@ -12,11 +12,15 @@ input and output swapped); forward+backward = 3x that (dX and dW each cost one f
 Times are the best of --repeat rounds; each round runs the matmul and the conv in turn (torch's
 rounds come after, on their own).
 
+Reference: "ref fb ms" is forward+backward with the engines off (`minimask.fast.reference()`: the
+stage file's im2col + one GEMM, conv.py), best of min(--repeat, 3), so a reader sees what the engine
+path buys; ref/fb is that time over the engine's.
+
 Path: the GEMM path conv2d chose for the forward ("winograd", "shifted", "im2col", "1x1"; see
-minimask/conv.py); --path forces one where it applies. Winograd rows do 2.25x fewer multiplications
+minimask/fast/conv.py); --path forces one where it applies. Winograd rows do 2.25x fewer multiplications
 than the FLOPs counted: GFLOP/s is "effective", the direct convolution's FLOPs over the time taken.
 
-    python benchmarks/conv.py [--repeat 7] [--layers stem,3x3-64] [--path shifted] [--no-torch]
+    python benchmarks/conv.py [--repeat 7] [--layers stem,3x3-64] [--path shifted] [--no-torch] [--quick]
 """
 
 from __future__ import annotations
@@ -28,14 +32,15 @@ import time
 
 import numpy as np
 
-from minimask import conv
-from minimask.backend import keep_freed_host_memory
+from minimask import fast
 from minimask.conv import (
     conv2d_backward,
     conv2d_forward,
     conv_transpose2d_backward,
     conv_transpose2d_forward,
 )
+from minimask.fast import conv as conv_engine
+from minimask.fast.host import keep_freed_host_memory
 
 # name, op ("conv" or "deconv"), N, C (input channels), O (output channels), k, stride, padding, H (= W)
 LAYERS = [
@@ -108,7 +113,7 @@ def torch_or_none():
         return None
 
 
-def bench_layer(layer, repeat, torch):
+def bench_layer(layer, repeat, torch, reference=True):
     name, op, N, C, O, k, s, p, H = layer
     rng = np.random.default_rng(0)
     x = rng.standard_normal((N, C, H, H), dtype=np.float32)
@@ -127,7 +132,7 @@ def bench_layer(layer, repeat, torch):
         _, c = forward(x, w, None, stride=s, padding=p)
         backward(g, c)
 
-    path = (conv._choose_path(x.shape, O, (k, k), (s, s), (p, p), (1, 1)) if op == "conv"
+    path = (conv_engine.choose_path(x.shape, O, (k, k), (s, s), (p, p), (1, 1)) if op == "conv"
             else "col2im")  # the deconvolution is conv2d's input gradient
     row = {"name": name, "flops": flops, "path": path}
     mm, mm_flops = matmul_fn()
@@ -147,6 +152,9 @@ def bench_layer(layer, repeat, torch):
 
     row.update(interleaved_best(fns, repeat))
     row["mm"] = mm_flops / row["mm"] / 1e9
+    if reference:
+        with fast.reference():  # the stage file's im2col + one GEMM, engines off
+            row.update(interleaved_best({"ref_fb": fwd_bwd}, min(repeat, 3)))
     if torch is not None:  # afterwards, on its own: its OpenMP threads would perturb the pairs above
         row.update(interleaved_best({"t_fwd": t_fwd, "t_fb": t_fb}, repeat))
     return row
@@ -159,37 +167,46 @@ def main():
     ap.add_argument("--path", default=None, choices=["winograd", "shifted", "im2col"],
                     help="force this conv path where it applies (default: conv2d's own choice)")
     ap.add_argument("--no-torch", action="store_true", help="leave out the torch columns")
+    ap.add_argument("--no-reference", action="store_true", help="leave out the reference (engines off) column")
+    ap.add_argument("--quick", action="store_true",
+                    help="tiny copies of the first two layers, one round: checks the script runs")
     ap.add_argument("--default-malloc", action="store_true",
                     help="leave glibc's malloc as it is (default: keep freed memory, as minimask.train does)")
     args = ap.parse_args()
     kept = False if args.default_malloc else keep_freed_host_memory()
-    conv.FORCE_PATH = args.path
+    conv_engine.FORCE_PATH = args.path
+    layers = LAYERS
+    if args.quick:  # shapes shrunk to seconds; the figures mean nothing
+        layers = [(n, op, N, C, O, k, st, p, min(H, 32)) for n, op, N, C, O, k, st, p, H in LAYERS[:2]]
+        args.repeat = 1
     torch = None if args.no_torch else torch_or_none()
     print(f"numpy {np.__version__}, {platform.processor() or platform.machine()}, float32")
     for line in blas_info():
         print(line)
-    print("host memory: " + ("freed memory kept for reuse (backend.keep_freed_host_memory)" if kept
+    print("host memory: " + ("freed memory kept for reuse (fast.host.keep_freed_host_memory)" if kept
                              else "glibc malloc defaults (big temporaries page-faulted on every call)"))
     print("FLOPs: fwd = 2*N*O*C*kh*kw*Hout*Wout; fwd+bwd = 3x fwd. Best of", args.repeat, "rounds.")
     print("mm = 2048^3 sgemm GFLOP/s, timed in turn with each layer's runs; ratio = conv GFLOP/s / mm GFLOP/s.")
     if torch is None:
         print("torch not importable: torch columns left out")
     head = f"{'layer':26s} {'fwd ms':>8s} {'GF/s':>6s} {'fwd+bwd ms':>11s} {'GF/s':>6s} {'mm GF/s':>8s} " \
-           f"{'fwd/mm':>7s} {'fb/mm':>6s} {'path':>8s}"
+           f"{'fwd/mm':>7s} {'fb/mm':>6s} {'path':>8s} {'ref fb ms':>10s} {'ref/fb':>7s}"
     if torch is not None:
         head += f" {'torch fwd GF/s':>15s} {'torch fb GF/s':>14s}"
     print(head)
     keys = [s.strip() for s in args.layers.split(",") if s.strip()]
-    for i, layer in enumerate(LAYERS):
+    for i, layer in enumerate(layers):
         if keys and not any(k in layer[0] for k in keys):
             continue
         if i == 0 or i == N_TARGET_LAYERS:
             print("-- " + ("ResNet-50-FPN layers of one 512x512 image (target: every 3x3 fb/mm >= 75%)" if i == 0
                            else "batched small maps of training (the mask head, small images; no target)"))
-        r = bench_layer(layer, args.repeat, torch)
+        r = bench_layer(layer, args.repeat, torch, reference=not args.no_reference)
         f_gf, fb_gf = r["flops"] / r["fwd"] / 1e9, 3 * r["flops"] / r["fb"] / 1e9
         line = (f"{r['name']:26s} {r['fwd'] * 1e3:8.2f} {f_gf:6.1f} {r['fb'] * 1e3:11.2f} {fb_gf:6.1f} "
                 f"{r['mm']:8.1f} {f_gf / r['mm']:7.0%} {fb_gf / r['mm']:6.0%} {r['path']:>8s}")
+        line += (f" {r['ref_fb'] * 1e3:10.2f} {r['ref_fb'] / r['fb']:6.1f}x" if "ref_fb" in r
+                 else f" {'-':>10s} {'-':>7s}")
         if torch is not None:
             line += f" {r['flops'] / r['t_fwd'] / 1e9:15.1f} {3 * r['flops'] / r['t_fb'] / 1e9:14.1f}"
         print(line, flush=True)

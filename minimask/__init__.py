@@ -41,4 +41,7 @@ from .roi_pool import roi_pool
 from .rpn import RegionProposalNetwork, RPNConfig, RPNHead
 from .tape import Tensor, no_grad
 
+from . import fast  # noqa: E402  the speed engines and their switch (fast.disable(), MINIMASK_REFERENCE=1)
+from .fast import winograd  # noqa: E402, F401  chapter 01 imports it as minimask.winograd (now in fast/)
+
 __version__ = "0.1.0"

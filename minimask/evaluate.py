@@ -26,13 +26,13 @@ from tqdm import tqdm
 from .backend import (
     describe_device_memory,
     device_module,
-    keep_freed_host_memory,
     module_of,
     to_device,
     to_host,
     track_device_memory,
 )
 from .errors import run_cli
+from .fast.host import keep_freed_host_memory
 from .rundir import output_folder
 
 STAT_NAMES = [

@@ -20,6 +20,7 @@ import numpy as np
 from . import init, tape
 from .backend import get_array_module, scatter_add
 from .module import Module, Parameter
+from .utils import pair
 
 # ------------------------------------------------------------------------------------------------
 # helpers
@@ -63,13 +64,6 @@ def _check_ndim(name, x, ndims):
 def _check_positive_finite(name, what, v):
     if not (isinstance(v, (int, float, np.floating, np.integer)) and math.isfinite(v) and v > 0):
         raise ValueError(f"{name}: {what} must be a positive finite number, got {v!r}")
-
-
-def _pair(v, name, what):
-    t = tuple(v) if isinstance(v, (tuple, list)) else (v, v)
-    if len(t) != 2 or not all(isinstance(i, (int, np.integer)) for i in t):
-        raise ValueError(f"{name}: {what} must be an int or a pair of ints, got {v!r}")
-    return int(t[0]), int(t[1])
 
 
 def _per_channel(v, ndim):
@@ -244,9 +238,9 @@ softmax = tape.op(softmax_forward, softmax_backward)
 
 
 def _pool_geometry(x, kernel_size, stride, padding):
-    kh, kw = _pair(kernel_size, "max_pool2d", "kernel_size")
-    sh, sw = _pair(kernel_size if stride is None else stride, "max_pool2d", "stride")
-    ph, pw = _pair(padding, "max_pool2d", "padding")
+    kh, kw = pair(kernel_size, "max_pool2d: kernel_size")
+    sh, sw = pair(kernel_size if stride is None else stride, "max_pool2d: stride")
+    ph, pw = pair(padding, "max_pool2d: padding")
     if min(kh, kw, sh, sw) < 1 or min(ph, pw) < 0:
         raise ValueError(f"max_pool2d: kernel {kh, kw} and stride {sh, sw} must be >= 1, padding >= 0")
     if 2 * ph > kh or 2 * pw > kw:
@@ -444,7 +438,7 @@ def interpolate_forward(x, scale_factor=None, size=None):
     xp = get_array_module(x)
     N, C, H, W = x.shape
     if size is not None:
-        oh, ow = _pair(size, "interpolate", "size")
+        oh, ow = pair(size, "interpolate: size")
         sf = (None, None)
     else:
         sf = tuple(scale_factor) if isinstance(scale_factor, (tuple, list)) else (scale_factor, scale_factor)

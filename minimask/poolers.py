@@ -18,7 +18,7 @@ import numpy as np
 from . import tape
 from .backend import get_array_module, to_device, to_host
 from .module import Module
-from .roi_align import _pair, convert_boxes_to_roi_format, roi_align
+from .roi_align import convert_boxes_to_roi_format, output_pair, roi_align
 
 
 def map_levels(boxes, k_min=2, k_max=5, canonical_scale=224, canonical_level=4, eps=1e-6):
@@ -66,7 +66,7 @@ def multiscale_roi_align(features, boxes, output_size, scales, sampling_ratio=2,
     data0 = features[0].data if isinstance(features[0], tape.Tensor) else features[0]
     xp = get_array_module(data0)
     rois = convert_boxes_to_roi_format(boxes, xp).astype(data0.dtype, copy=False)
-    ph, pw = _pair(output_size)
+    ph, pw = output_pair(output_size)
     if len(features) == 1:
         return roi_align(features[0], rois, (ph, pw), scales[0], sampling_ratio, aligned)
     k_min = int(round(-math.log2(scales[0])))
@@ -99,7 +99,7 @@ class MultiScaleRoIAlign(Module):
                  canonical_level=4, aligned=False):
         super().__init__()
         self.featmap_names = list(featmap_names)
-        self.output_size = _pair(output_size)
+        self.output_size = output_pair(output_size)
         self.sampling_ratio = int(sampling_ratio)
         self.canonical_scale = canonical_scale
         self.canonical_level = canonical_level

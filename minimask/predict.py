@@ -16,10 +16,11 @@ import matplotlib.pyplot as plt
 import numpy as np
 from PIL import Image
 
-from .backend import device_module, keep_freed_host_memory, module_of, to_device, to_host
+from .backend import device_module, module_of, to_device, to_host
 from .coco_check import resize_problem
 from .data import DataError, to_chw_float
 from .errors import run_cli
+from .fast.host import keep_freed_host_memory
 from .rundir import output_folder
 from .tape import no_grad
 from .viz import draw_instances

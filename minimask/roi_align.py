@@ -19,28 +19,19 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import tape
+from . import fast, kernels, tape
 from .backend import get_array_module, scatter_add
-
-# Bytes of gathered rows per chunk: small enough to stay in cache, big enough to amortise Python.
-_CHUNK_BYTES = 2 << 20
+from .fast import roi_align as tap_engine
+from .utils import pair
 
 # ------------------------------------------------------------------------------------------------
 # input checks shared by roi_align, roi_pool and the poolers
 # ------------------------------------------------------------------------------------------------
 
 
-def _pair(output_size):
+def output_pair(output_size):
     """int or (h, w) -> (h, w) of positive ints."""
-    if isinstance(output_size, (int, np.integer)):
-        output_size = (int(output_size), int(output_size))
-    try:
-        ph, pw = (int(v) for v in output_size)
-    except (TypeError, ValueError):
-        raise ValueError(f"output_size must be an int or a pair of ints, got {output_size!r}") from None
-    if ph <= 0 or pw <= 0:
-        raise ValueError(f"output_size must be positive, got {(ph, pw)}")
-    return ph, pw
+    return pair(output_size, "output_size", 1)
 
 
 def convert_boxes_to_roi_format(boxes, xp=None):
@@ -173,190 +164,83 @@ def sample_points(start, bin_size, grid, pooled):
     return coord, active
 
 
-def axis_taps(start, bin_size, grid, pooled, size):
-    """Bilinear taps of every bin along one axis, repeated pixels merged.
-
-    Returns idx (K, pooled, T) int, w (K, pooled, T), n (K, pooled) int: the first n[k, p] taps are
-    distinct pixels with the summed weight of all samples on them, divided by grid (the average);
-    the rest is padding (idx 0, w 0). A bin's 2-D weights are the outer product of its y and x taps.
-    """
-    xp = get_array_module(start)
-    K = start.shape[0]
-    coord, active = sample_points(start, bin_size, grid, pooled)
-    low, high, w_low, w_high = bilinear_taps(coord, size)
-    inv = (1 / xp.maximum(grid, 1).astype(start.dtype))[:, None, None]
-    T = 2 * coord.shape[2]
-    idx = xp.concatenate([low, high], axis=-1).reshape(K * pooled, T)         # (K*P, 2G)
-    w = xp.concatenate([w_low, w_high], axis=-1) * inv
-    w = xp.where(xp.concatenate([active, active], axis=-1), w, 0).reshape(K * pooled, T)
-    # merge repeats: sort each bin's taps by pixel (zero weights last), sum runs of equal pixels
-    idx = xp.where(w != 0, idx, size)
-    order = xp.argsort(idx, axis=1, kind="stable")
-    idx = xp.take_along_axis(idx, order, axis=1)
-    w = xp.take_along_axis(w, order, axis=1)
-    first = xp.ones(idx.shape, dtype=bool)
-    first[:, 1:] = idx[:, 1:] != idx[:, :-1]
-    slot = (xp.cumsum(first, axis=1) - 1) + (xp.arange(K * pooled) * T)[:, None]   # compact position
-    w_c = xp.zeros(K * pooled * T, dtype=w.dtype)
-    scatter_add(w_c, slot.reshape(-1), w.reshape(-1))
-    idx_c = xp.zeros(K * pooled * T, dtype=np.int64)
-    real = first & (idx < size)
-    idx_c[slot[real]] = idx[real]
-    n = real.sum(axis=1).reshape(K, pooled)
-    Tn = max(int(n.max()), 1) if n.size else 1                              # host sync: a shape
-    return (idx_c.reshape(K, pooled, T)[:, :, :Tn], w_c.reshape(K, pooled, T)[:, :, :Tn], n)
-
-
-def roi_align_taps(input_shape, rois, output_size, spatial_scale, sampling_ratio, aligned):
-    """Everything the forward and backward need: batch (K,), y taps and x taps (see `axis_taps`)."""
-    _, _, H, W = input_shape
-    ph, pw = output_size
-    g = roi_align_geometry(rois, output_size, spatial_scale, sampling_ratio, aligned)
-    ytaps = axis_taps(g["start_y"], g["bin_h"], g["grid_h"], ph, H)
-    xtaps = axis_taps(g["start_x"], g["bin_w"], g["grid_w"], pw, W)
-    return g["batch"], ytaps, xtaps
-
-
-# ------------------------------------------------------------------------------------------------
-# ragged bins as padded chunks
-# ------------------------------------------------------------------------------------------------
-
-
-def chunks_by_length(lengths, row_bytes, budget=_CHUNK_BYTES):
-    """Split segments (bins, pixels) into chunks of similar length for a padded gather.
-
-    Yields (ids, L): ids of segments with length > 0, sorted by length, and L their longest length,
-    with len(ids) * L * row_bytes <= budget (or a single segment). A loop over cache-sized chunks
-    of many bins each, not over RoIs: each chunk is one gather and one batched matmul (or max).
-    """
-    xp = get_array_module(lengths)
-    order = xp.argsort(lengths, kind="stable")
-    sorted_len = np.asarray(lengths[order].get() if xp is not np else lengths[order])  # host plan
-    i = int(np.searchsorted(sorted_len, 0, side="right"))                              # skip empties
-    rows = max(budget // max(row_bytes, 1), 1)
-    n = sorted_len.size
-    while i < n:
-        cand = sorted_len[i:i + rows]
-        cost = np.arange(1, cand.size + 1) * cand          # padded rows if the chunk ended here
-        b = max(int(np.searchsorted(cost, rows, side="right")), 1)
-        yield order[i:i + b], int(cand[b - 1])
-        i += b
-
-
-def _bin_taps(ids, L, batch, ytaps, xtaps, P, Q, H, W):
-    """For bins `ids` (flat k*P*Q + p*Q + q): padded (B, L) pixel rows and weights of their taps."""
-    xp = get_array_module(ids)
-    yidx, yw, ny = ytaps
-    xidx, xw, nx = xtaps
-    k, p, q = ids // (P * Q), (ids // Q) % P, ids % Q
-    j = xp.arange(L)[None, :]
-    nxb = nx[k, q][:, None]
-    ty = j // xp.maximum(nxb, 1)                          # tap j of the bin = (ty, tx), x fastest
-    tx = j - ty * nxb
-    valid = ty < ny[k, p][:, None]
-    ty = xp.where(valid, ty, 0)
-    kk, pp, qq = k[:, None], p[:, None], q[:, None]
-    pix = (batch[kk] * H + yidx[kk, pp, ty]) * W + xidx[kk, qq, tx]
-    w = xp.where(valid, yw[kk, pp, ty] * xw[kk, qq, tx], 0)
-    return xp.where(valid, pix, 0), w, valid
-
-
-def _tap_counts(ytaps, xtaps):
-    """Number of (y, x) taps of every bin, flat (K*P*Q,)."""
-    ny, nx = ytaps[2], xtaps[2]
-    return (ny[:, :, None] * nx[:, None, :]).reshape(-1)
-
-
-def _gather_weighted_sum(src, pix, w, buf=None):
-    """sum_j w[b, j] * src[pix[b, j]] for every row b: one gather and one batched matmul."""
-    xp = get_array_module(src)
-    B, L = pix.shape
-    C = src.shape[1]
-    if buf is not None and buf.shape[0] >= B * L:
-        g = xp.take(src, pix.reshape(-1), axis=0, out=buf[: B * L])
-    else:
-        g = xp.take(src, pix.reshape(-1), axis=0)
-    return xp.matmul(w[:, None, :], g.reshape(B, L, C))[:, 0, :]
-
-
 # ------------------------------------------------------------------------------------------------
 # the op
 # ------------------------------------------------------------------------------------------------
 
 
+def _samples(rois, input_shape, output_size, settings):
+    """Geometry and sample coordinates of every RoI: (g, (ycoord, yactive), (xcoord, xactive)), (K, P, G)."""
+    g = roi_align_geometry(rois, output_size, *settings)
+    ys = sample_points(g["start_y"], g["bin_h"], g["grid_h"], output_size[0])
+    xs = sample_points(g["start_x"], g["bin_w"], g["grid_w"], output_size[1])
+    return g, ys, xs
+
+
 def roi_align_forward(input, boxes, output_size, spatial_scale=1.0, sampling_ratio=-1, aligned=False):
-    """RoIAlign. input (N, C, H, W), boxes (K, 5) -> (K, C, ph, pw); cache for the backward."""
+    """RoIAlign. input (N, C, H, W), boxes (K, 5) -> (K, C, ph, pw); cache for the backward.
+
+    out[k, c, p, q] = mean over the bin's grid_h x grid_w samples (y, x) of bilinear_interpolate(x[n_k, c], y, x)
+    (an empty grid gives 0), as kernels/roi_align.cu computes it, one thread per output element.
+    """
     xp = get_array_module(input)
     rois = check_rois("roi_align", input, boxes)
-    ph, pw = _pair(output_size)
+    ph, pw = output_pair(output_size)
     settings = (float(spatial_scale), int(sampling_ratio), bool(aligned))
     if xp is not np:  # CuPy: the CUDA kernel (kernels/roi_align.cu)
-        from . import kernels
-
         out = kernels.roi_align_forward_kernel(input, rois, (ph, pw), *settings)
         return out, ("kernel", rois, input.shape, (ph, pw), settings)
     N, C, H, W = input.shape
     K = rois.shape[0]
-    batch, ytaps, xtaps = roi_align_taps(input.shape, rois, (ph, pw), *settings)
-    x_cl = xp.ascontiguousarray(input.transpose(0, 2, 3, 1)).reshape(N * H * W, C)   # (NHW, C)
-    out_cl = xp.zeros((K * ph * pw, C), dtype=input.dtype)
-    row_bytes = C * input.dtype.itemsize
-    buf = xp.empty((max(_CHUNK_BYTES // max(row_bytes, 1), 1), C), dtype=input.dtype)
-    for ids, L in chunks_by_length(_tap_counts(ytaps, xtaps), row_bytes):
-        pix, w, _ = _bin_taps(ids, L, batch, ytaps, xtaps, ph, pw, H, W)
-        out_cl[ids] = _gather_weighted_sum(x_cl, pix, w, buf)
-    out = xp.ascontiguousarray(out_cl.reshape(K, ph, pw, C).transpose(0, 3, 1, 2))
-    return out, ("numpy", batch, ytaps, xtaps, input.shape, (ph, pw))
+    g, (ycoord, yact), (xcoord, xact) = _samples(rois, input.shape, (ph, pw), settings)
+    if fast.pick_roi_align():  # the tap engine: the same sums as gathers and matmuls (fast/roi_align.py)
+        ytaps = tap_engine.axis_taps(bilinear_taps(ycoord, H), yact, g["grid_h"], H)
+        xtaps = tap_engine.axis_taps(bilinear_taps(xcoord, W), xact, g["grid_w"], W)
+        out, state = tap_engine.forward(input, g["batch"], ytaps, xtaps, (ph, pw))
+        return out, ("fast", state)
+    out = xp.zeros((K, C, ph, pw), dtype=input.dtype)
+    grids = [(int(g["batch"][k]), int(g["grid_h"][k]), int(g["grid_w"][k])) for k in range(K)]
+    for k, (n, gh, gw) in enumerate(grids):  # one RoI at a time (the kernel: one thread per element)
+        y = ycoord[k, :, :gh][:, :, None, None]                        # (ph, gh, 1, 1) sample rows
+        x = xcoord[k, :, :gw][None, None, :, :]                        # (1, 1, pw, gw) sample columns
+        v = bilinear_interpolate(input[n], y, x)                       # (C, ph, gh, pw, gw)
+        out[k] = v.sum(axis=(2, 4)) / input.dtype.type(max(gh * gw, 1))   # the mean over the bin's samples
+    return out, ("ref", rois, input.shape, (ph, pw), settings)
 
 
 def roi_align_backward(dout, cache):
-    """d input (N, C, H, W): every bin's gradient spread over its taps with the forward's weights.
+    """d input (N, C, H, W): each sample scatters dout / count with its four bilinear weights.
 
-    forward was: out[k, :, p, q] = sum over taps (ty, tx) of wy[ty] * wx[tx] * x[n_k, :, y[ty], x[tx]]
-    so d x[n, :, h, w] = sum over all (bin, tap) reaching pixel (n, h, w) of wy * wx * dout[bin].
-    NumPy: instead of scattering rows (np.add.at on rows is slow) the taps are sorted by pixel and
-    each pixel gathers its own sum, one padded chunk at a time; every pixel is written once.
+    forward was: out[k, :, p, q] = 1/count * sum over samples of  hy*hx * v(y_low, x_low) + hy*lx * v(y_low, x_high)
+                                                                 + ly*hx * v(y_high, x_low) + ly*lx * v(y_high, x_high)
+    so each of the four pixels receives its weight times dout[k, :, p, q] / count; samples of many bins and
+    RoIs land on one pixel, so they add (scatter_add; the kernel's atomicAdd).
     """
     xp = get_array_module(dout)
     if cache[0] == "kernel":
-        from . import kernels
-
         _, rois, shape, size, settings = cache
         return kernels.roi_align_backward_kernel(dout, rois, shape, size, *settings), None
-    _, batch, ytaps, xtaps, shape, (ph, pw) = cache
+    if cache[0] == "fast":
+        return tap_engine.backward(dout, cache[1]), None
+    _, rois, shape, (ph, pw), settings = cache
     N, C, H, W = shape
-    K = dout.shape[0]
-    grad_cl = xp.zeros((N * H * W, C), dtype=dout.dtype)
-    counts = _tap_counts(ytaps, xtaps)
-    total = int(counts.sum())
-    if total:
-        # all (bin, pixel, weight) triples, in one padded pass per chunk of bins
-        bins = xp.nonzero(counts)[0]
-        L = int(counts.max())
-        pix_all, w_all, bin_all = [], [], []
-        step = max((1 << 22) // L, 1)
-        for s in range(0, bins.size, step):  # bounded temporary size, not a loop over RoIs
-            ids = bins[s:s + step]
-            pix, w, valid = _bin_taps(ids, L, batch, ytaps, xtaps, ph, pw, H, W)
-            pix_all.append(pix[valid])
-            w_all.append(w[valid])
-            bin_all.append(xp.broadcast_to(ids[:, None], valid.shape)[valid])
-        pix, w, src = xp.concatenate(pix_all), xp.concatenate(w_all), xp.concatenate(bin_all)
-        order = xp.argsort(pix)                                    # group the taps by pixel
-        pix, w, src = pix[order], w[order], src[order]
-        starts = xp.flatnonzero(xp.concatenate([xp.ones(1, bool), pix[1:] != pix[:-1]]))
-        per_pixel = xp.diff(xp.concatenate([starts, xp.asarray([pix.size])]))
-        g_cl = xp.ascontiguousarray(dout.transpose(0, 2, 3, 1)).reshape(K * ph * pw, C)
-        row_bytes = C * dout.dtype.itemsize
-        buf = xp.empty((max(_CHUNK_BYTES // max(row_bytes, 1), 1), C), dtype=dout.dtype)
-        for ids, Lp in chunks_by_length(per_pixel, row_bytes):
-            j = xp.arange(Lp)[None, :]
-            valid = j < per_pixel[ids][:, None]
-            t = xp.where(valid, starts[ids][:, None] + j, 0)
-            wt = xp.where(valid, w[t], 0)
-            grad_cl[pix[starts[ids]]] = _gather_weighted_sum(g_cl, src[t], wt, buf)   # unique pixels
-    grad = xp.ascontiguousarray(grad_cl.reshape(N, H, W, C).transpose(0, 3, 1, 2))
-    return grad, None
+    g, (ycoord, _), (xcoord, _) = _samples(rois, shape, (ph, pw), settings)
+    grad = xp.zeros(N * C * H * W, dtype=dout.dtype)                   # flat (N, C, H, W)
+    for k in range(rois.shape[0]):
+        n, gh, gw = int(g["batch"][k]), int(g["grid_h"][k]), int(g["grid_w"][k])
+        if gh * gw == 0:
+            continue
+        y_low, y_high, wy_low, wy_high = (t[:, :, None, None] for t in bilinear_taps(ycoord[k, :, :gh], H))
+        x_low, x_high, wx_low, wx_high = (t[None, None] for t in bilinear_taps(xcoord[k, :, :gw], W))
+        d = dout[k][:, :, None, :, None] / dout.dtype.type(gh * gw)  # (C, ph, 1, pw, 1): each sample's share
+        plane = ((n * C + xp.arange(C)) * (H * W))[:, None, None, None, None]   # (C, 1, 1, 1, 1) plane starts
+        index, value = [], []
+        for yi, wy in ((y_low, wy_low), (y_high, wy_high)):             # the four weights w1..w4 of the kernel
+            for xi, wx in ((x_low, wx_low), (x_high, wx_high)):
+                index.append((plane + yi * W + xi).ravel())              # (C, ph, gh, pw, gw) pixel of each sample
+                value.append((d * (wy * wx)).ravel())
+        scatter_add(grad, xp.concatenate(index), xp.concatenate(value))  # repeats add (the kernel: atomicAdd)
+    return grad.reshape(shape), None
 
 
 _roi_align = tape.op(roi_align_forward, roi_align_backward, name="roi_align")

@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import tape
-from .backend import get_array_module, scatter_add
-from .roi_align import _pair, check_rois, chunks_by_length
+from . import fast, kernels, tape
+from .backend import get_array_module, scatter_add, to_host
+from .fast import roi_pool as pool_engine
+from .roi_align import check_rois, output_pair
 
 
 def _round_half_away(v):
@@ -56,43 +57,29 @@ def roi_pool_forward(input, boxes, output_size, spatial_scale=1.0):
     """RoIPool. input (N, C, H, W), boxes (K, 5) -> (K, C, ph, pw); cache = argmax for the backward."""
     xp = get_array_module(input)
     rois = check_rois("roi_pool", input, boxes)
-    ph, pw = _pair(output_size)
+    ph, pw = output_pair(output_size)
     N, C, H, W = input.shape
     K = rois.shape[0]
     if xp is not np:  # CuPy: the CUDA kernel (kernels/roi_pool.cu)
-        from . import kernels
-
         out, argmax = kernels.roi_pool_forward_kernel(input, rois, (ph, pw), float(spatial_scale))
         return out, (argmax, rois, input.shape)
-    batch, hs, he, ws, we = roi_pool_bins(rois, (ph, pw), spatial_scale, H, W)
-    bh = xp.maximum(he - hs, 0)[:, :, None]                            # (K, ph, 1)
-    bw = xp.maximum(we - ws, 0)[:, None, :]                            # (K, 1, pw)
-    area = (bh * bw).reshape(-1)                                       # (K*ph*pw,) pixels per bin
-    # channel-last rows (N*H*W, C), plus one row of -inf that the padding of short bins reads
-    x_cl = xp.empty((N * H * W + 1, C), dtype=input.dtype)
-    x_cl[:-1] = input.transpose(0, 2, 3, 1).reshape(N * H * W, C)
-    x_cl[-1] = -xp.inf
-    out_cl = xp.zeros((K * ph * pw, C), dtype=input.dtype)              # empty bins stay 0
-    arg_cl = xp.full((K * ph * pw, C), -1, dtype=np.int32)              # ... with argmax -1 (int32 as the kernel)
-    for ids, L in chunks_by_length(area, C * input.dtype.itemsize):
-        k, p, q = ids // (ph * pw), (ids // pw) % ph, ids % pw
-        j = xp.arange(L)[None, :]
-        wide = (we[k, q] - ws[k, q])[:, None]
-        dy = j // wide                                                 # pixel j of the bin: rows
-        dx = j - dy * wide                                             # first, then columns
-        valid = j < area[ids][:, None]
-        plane = (hs[k, p][:, None] + dy) * W + ws[k, q][:, None] + dx  # (B, L) index in the H*W plane
-        rows = xp.where(valid, batch[k][:, None] * (H * W) + plane, N * H * W)
-        g = xp.take(x_cl, rows.reshape(-1), axis=0).reshape(ids.size, L, C)
-        # max over each bin's pixels, then its first position: j = L - max_j (best at j) * (L - j)
-        best = g.max(axis=1)                                           # (B, C)
-        first = xp.arange(L, 0, -1, dtype=np.int16 if L < 2**15 else np.int32)[None, :, None]
-        pick = L - xp.where(g == best[:, None, :], first, 0).max(axis=1)
-        pick = xp.minimum(pick, L - 1).astype(np.int64)                # (a NaN bin matches nowhere)
-        out_cl[ids] = best
-        arg_cl[ids] = xp.take_along_axis(plane, pick, axis=1)
-    out = xp.ascontiguousarray(out_cl.reshape(K, ph, pw, C).transpose(0, 3, 1, 2))
-    argmax = xp.ascontiguousarray(arg_cl.reshape(K, ph, pw, C).transpose(0, 3, 1, 2))
+    bins = roi_pool_bins(rois, (ph, pw), spatial_scale, H, W)
+    if fast.pick_roi_pool():  # the same maxima in chunked gathers (fast/roi_pool.py)
+        out, argmax = pool_engine.forward(input, bins, (ph, pw))
+        return out, (argmax, rois, input.shape)
+    batch, hs, he, ws, we = (to_host(v) for v in bins)
+    out = xp.zeros((K, C, ph, pw), dtype=input.dtype)                 # empty bins stay 0 ...
+    argmax = xp.full((K, C, ph, pw), -1, dtype=np.int32)               # ... with argmax -1 (int32 as the kernel)
+    for k in range(K):
+        for p in range(ph):
+            for q in range(pw):
+                h0, h1, w0, w1 = hs[k, p], he[k, p], ws[k, q], we[k, q]
+                if h1 <= h0 or w1 <= w0:
+                    continue
+                region = input[batch[k], :, h0:h1, w0:w1].reshape(C, -1)   # (C, bin pixels), rows first
+                first = region.argmax(axis=1)                              # the first maximum wins ties
+                out[k, :, p, q] = region[xp.arange(C), first]
+                argmax[k, :, p, q] = (h0 + first // (w1 - w0)) * W + w0 + first % (w1 - w0)
     return out, (argmax, rois, input.shape)
 
 
@@ -104,8 +91,6 @@ def roi_pool_backward(dout, cache):
     argmax, rois, (N, C, H, W) = cache
     xp = get_array_module(dout)
     if xp is not np:
-        from . import kernels
-
         return kernels.roi_pool_backward_kernel(dout, argmax, rois, (N, C, H, W)), None
     K = dout.shape[0]
     batch = rois[:, 0].astype(np.int64)

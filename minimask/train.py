@@ -39,7 +39,6 @@ from . import paths
 from .backend import (
     describe_device_memory,
     device_module,
-    keep_freed_host_memory,
     to_device,
     to_host,
     track_device_memory,
@@ -58,6 +57,7 @@ from .checkpoint import (
 )
 from .data import CocoDataset, DataLoader, coco_paths, shapes_paths
 from .errors import run_cli
+from .fast.host import keep_freed_host_memory
 from .losses import NonFiniteError
 from .module import load_state_file
 from .optim import SGD, WarmupMultiStepLR, clip_grad_norm_, param_groups
@@ -477,7 +477,7 @@ def main(argv=None):
     except (RuntimeError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    keep_freed_host_memory()  # a process that trains reuses its temporaries' memory (see backend)
+    keep_freed_host_memory()  # a process that trains reuses its temporaries' memory (see fast/host.py)
     os.environ.setdefault("PYTHONHASHSEED", str(cfg.seed))
     try:
         train(cfg, given=given)

@@ -8,8 +8,8 @@ from gradcheck import adjoint_check, gradcheck
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-import minimask.conv as conv
-import minimask.conv_paths as conv_paths
+import minimask.fast.conv as conv_engine
+import minimask.fast.conv_paths as conv_paths
 from minimask.conv import (
     Conv2d,
     ConvTranspose2d,
@@ -74,12 +74,12 @@ def naive_conv_transpose2d(x, w, b, stride, padding, output_padding, dilation):
 @contextlib.contextmanager
 def forced_path(path):
     """Run conv2d / conv_transpose2d on one path: None (the automatic choice) or one of PATHS."""
-    old = conv.FORCE_PATH
-    conv.FORCE_PATH = path
+    old = conv_engine.FORCE_PATH
+    conv_engine.FORCE_PATH = path
     try:
         yield
     finally:
-        conv.FORCE_PATH = old
+        conv_engine.FORCE_PATH = old
 
 
 PATHS = (None, "winograd", "shifted", "im2col")  # a forced path applies where it can (winograd: 3x3 stride 1)
@@ -148,7 +148,7 @@ def test_conv_transpose2d_matches_nested_loops(case):
 
 def test_automatic_path_choice():
     """The cost model sends the shapes of the benchmark where they measured fastest."""
-    choose = lambda shape, O, k, s=1, p=1: conv._choose_path(shape, O, (k, k), (s, s), (p, p), (1, 1))
+    choose = lambda shape, O, k, s=1, p=1: conv_engine.choose_path(shape, O, (k, k), (s, s), (p, p), (1, 1))
     assert choose((1, 256, 128, 128), 256, 3) == "winograd"  # wide 3x3: test_winograd.py has the rest
     assert choose((1, 256, 128, 128), 256, 5) == "shifted"  # big map: ~3% of the grid wasted
     assert choose((8, 64, 32, 32), 64, 3) == "shifted"  # 6% wasted, im2col's copy ~ 16/64 of the matmul

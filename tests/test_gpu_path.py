@@ -358,7 +358,9 @@ def test_device_flag_without_a_device_is_a_clear_error(monkeypatch, capsys):
 def test_convolutions_on_the_device_take_im2col(rng, monkeypatch):
     """On CuPy arrays every non-1x1 conv is im2col + one GEMM (conv.DEVICE_PATH), never the CPU's
     Winograd or shifted paths, whose choice was measured on OpenBLAS."""
-    from minimask import conv, conv_paths, winograd
+    from minimask import conv, fast
+    from minimask.fast import conv as conv_engine
+    from minimask.fast import conv_paths, winograd
     from minimask.tape import Tensor
 
     def refuse(*a, **k):
@@ -370,8 +372,9 @@ def test_convolutions_on_the_device_take_im2col(rng, monkeypatch):
     for name in ("winograd_conv", "winograd_backward"):
         monkeypatch.setattr(winograd, name, refuse)
     monkeypatch.setattr(conv_paths, "shifted_weight_grad", refuse)
-    assert conv._choose_path(x.shape, 128, (3, 3), (1, 1), (1, 1), (1, 1)) == "winograd"     # on the CPU
-    assert conv._choose_path(x.shape, 128, (3, 3), (1, 1), (1, 1), (1, 1), on_device=True) == "im2col"
+    assert conv_engine.choose_path(x.shape, 128, (3, 3), (1, 1), (1, 1), (1, 1)) == "winograd"     # on the CPU
+    assert fast.pick_conv(x.shape, w.shape, (1, 1), (1, 1), (1, 1), on_device=True) is None     # the reference
+    assert conv.DEVICE_PATH == "im2col"
     t = Tensor(fc.asarray(x), requires_grad=True)
     out = conv.conv2d(t, Tensor(fc.asarray(w)), None, 1, 1)
     out.backward(fc.ones(out.shape, np.float32))

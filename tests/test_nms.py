@@ -13,6 +13,7 @@ from minimask.boxes import box_iou
 from minimask.nms import batched_nms, nms
 
 nms_module = importlib.import_module("minimask.nms")  # the module (minimask.nms is the function)
+sweep_module = importlib.import_module("minimask.fast.nms")  # the sweep engine
 
 THRESHOLDS = st.sampled_from([0.0, 0.1, 0.3, 0.5, 0.7, 0.9, 1.0])
 
@@ -38,16 +39,16 @@ def reference_batched(b, s, idxs, t):
 
 
 # each property runs with the default elimination rounds and with 4-box rounds (many rounds)
-SEED_SIZES = pytest.mark.parametrize("seed_size", [nms_module._SEED, 4])
+SEED_SIZES = pytest.mark.parametrize("seed_size", [sweep_module._SEED, 4])
 
 
 @contextlib.contextmanager
 def seed_rounds(size):
-    old, nms_module._SEED = nms_module._SEED, size
+    old, sweep_module._SEED = sweep_module._SEED, size
     try:
         yield
     finally:
-        nms_module._SEED = old
+        sweep_module._SEED = old
 
 
 @SEED_SIZES

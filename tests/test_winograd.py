@@ -9,21 +9,21 @@ from hypothesis import given
 from hypothesis import strategies as st
 from test_conv import naive_conv2d
 
-import minimask.conv as conv
-import minimask.conv_paths as conv_paths
-import minimask.winograd as wg
-from minimask import backend
+import minimask.fast.conv as conv_engine
+import minimask.fast.conv_paths as conv_paths
+import minimask.fast.winograd as wg
 from minimask.conv import conv2d_backward, conv2d_forward
+from minimask.fast import host
 
 
 @contextlib.contextmanager
 def forced_winograd():
-    old = conv.FORCE_PATH
-    conv.FORCE_PATH = "winograd"
+    old = conv_engine.FORCE_PATH
+    conv_engine.FORCE_PATH = "winograd"
     try:
         yield
     finally:
-        conv.FORCE_PATH = old
+        conv_engine.FORCE_PATH = old
 
 
 @st.composite
@@ -54,12 +54,12 @@ def test_winograd_gradients_equal_the_direct_ones(case):
     with forced_winograd():
         out_w, cache_w = conv2d_forward(x, w, None, padding=p)
         dx_w, dw_w, _ = conv2d_backward(g, cache_w)
-    old = conv.FORCE_PATH
-    conv.FORCE_PATH = "shifted"
+    old = conv_engine.FORCE_PATH
+    conv_engine.FORCE_PATH = "shifted"
     try:
         dx, dw, _ = conv2d_backward(g, cache)
     finally:
-        conv.FORCE_PATH = old
+        conv_engine.FORCE_PATH = old
     np.testing.assert_allclose(out_w, out, rtol=1e-10, atol=1e-10)
     dx_only, dw_none = wg.winograd_backward(g, w, p, x.shape)
     dx_none, dw_only = wg.winograd_backward(g, None, p, x.shape, x)
@@ -75,7 +75,7 @@ def test_winograd_gradcheck(case):
     x, w, p = case
     b = np.random.default_rng(4).standard_normal(w.shape[0])
     with forced_winograd():
-        assert conv._choose_path(x.shape, w.shape[0], (3, 3), (1, 1), p, (1, 1)) == "winograd"
+        assert conv_engine.choose_path(x.shape, w.shape[0], (3, 3), (1, 1), p, (1, 1)) == "winograd"
         gradcheck(conv2d_forward, conv2d_backward, [x, w, b], wrt=[0, 1, 2], settings=dict(padding=p),
                   max_checks=40)
 
@@ -147,7 +147,7 @@ def test_threaded_transforms_equal_serial(monkeypatch, rng, threads):
     monkeypatch.setenv("MINIMASK_NUM_THREADS", "1")
     ref = (wg.winograd_conv(x, w, (1, 1)),) + wg.winograd_backward(g, w, (1, 1), x.shape, x)
     monkeypatch.setenv("MINIMASK_NUM_THREADS", threads)
-    assert backend.host_threads() == int(threads)
+    assert host.host_threads() == int(threads)
     got = (wg.winograd_conv(x, w, (1, 1)),) + wg.winograd_backward(g, w, (1, 1), x.shape, x)
     for a, b in zip(got, ref, strict=True):
         np.testing.assert_array_equal(a, b)
@@ -155,14 +155,14 @@ def test_threaded_transforms_equal_serial(monkeypatch, rng, threads):
 
 def test_split_map_covers_the_range_once_and_raises():
     seen = []
-    backend.split_map(lambda i0, i1: seen.extend(range(i0, i1)), 11)
+    host.split_map(lambda i0, i1: seen.extend(range(i0, i1)), 11)
     assert sorted(seen) == list(range(11))
 
     def boom(i0, i1):
         raise ValueError(f"part {i0}:{i1}")
 
     with pytest.raises(ValueError, match="part"):
-        backend.split_map(boom, 4)
+        host.split_map(boom, 4)
 
 
 def test_kept_V_gives_the_recomputed_gradients(monkeypatch, rng):
@@ -173,14 +173,14 @@ def test_kept_V_gives_the_recomputed_gradients(monkeypatch, rng):
         out, cache = conv2d_forward(x, w, None, padding=1)
         assert len(cache[-1]) == 1 and cache[-1][0].shape == (16, 4, 2 * 4 * (3 + 1))  # (16, C, n * th * (tw + 1))
         kept = conv2d_backward(g, cache)
-        monkeypatch.setattr(conv, "WINOGRAD_KEEP_V", False)
+        monkeypatch.setattr(conv_engine, "WINOGRAD_KEEP_V", False)
         out2, cache2 = conv2d_forward(x, w, None, padding=1)
         assert cache2[-1] == []
         recomputed = conv2d_backward(g, cache2)
     np.testing.assert_array_equal(out, out2)
     for a, b in zip(kept[:2], recomputed[:2], strict=True):
         np.testing.assert_array_equal(a, b)
-    monkeypatch.setattr(conv, "WINOGRAD_KEEP_V", True)
+    monkeypatch.setattr(conv_engine, "WINOGRAD_KEEP_V", True)
     with forced_winograd():
         _, cache = conv2d_forward(x, w, None, padding=1)  # one chunk kept...
         monkeypatch.setattr(conv_paths, "COL_BUDGET_BYTES", 1)  # ...backward in two: V is recomputed
@@ -200,7 +200,7 @@ def test_chunked_winograd_equals_unchunked(monkeypatch, rng):
 
 
 def test_path_choice_sends_wide_3x3_convs_to_winograd():
-    choose = lambda shape, O, k=3, s=1, p=1, d=1: conv._choose_path(shape, O, (k, k), (s, s), (p, p), (d, d))
+    choose = lambda shape, O, k=3, s=1, p=1, d=1: conv_engine.choose_path(shape, O, (k, k), (s, s), (p, p), (d, d))
     assert choose((1, 256, 32, 32), 256) == "winograd"  # >= 128 channels: any map
     assert choose((100, 256, 14, 14), 256) == "winograd"
     assert choose((1, 64, 128, 128), 64) == "winograd"  # 64 channels on a big map
@@ -212,7 +212,7 @@ def test_path_choice_sends_wide_3x3_convs_to_winograd():
 
 
 def test_keep_freed_host_memory_is_harmless():
-    assert isinstance(backend.keep_freed_host_memory(), bool)
+    assert isinstance(host.keep_freed_host_memory(), bool)
     a = np.ones(10_000_000, np.float32)  # 40 MB: from the heap now, freed and reused
     del a
     assert np.ones(10_000_000, np.float32).sum() == 10_000_000

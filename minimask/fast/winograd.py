@@ -28,8 +28,9 @@ Chapter: nbs/01_convolution.ipynb
 
 from __future__ import annotations
 
-from .backend import get_array_module, split_map
+from ..backend import get_array_module
 from .conv_paths import image_chunks
+from .host import split_map
 
 # the constants of F(2x2, 3x3) (Lavin & Gray, "Fast Algorithms for Convolutional Neural Networks", 2016)
 B_T = ((1, 0, -1, 0), (0, 1, 1, 0), (0, -1, 1, 0), (0, 1, 0, -1))  # input transform, 4x4
@@ -111,7 +112,7 @@ def input_transform(x, padding, tile_hw):
     """V = B^T d B for every 4x4 input patch d: x (n, C, H, W) -> V (16, C, n * th * (tw + 1)), row ab = 4a + b.
 
     Tile (m, i, j) is column (m * th + i) * (tw + 1) + j; j = tw is the junk tile (see the module header).
-    Channels are independent: they are split over the CPU's threads (backend.split_map).
+    Channels are independent: they are split over the CPU's threads (fast.host.split_map).
     """
     xp = get_array_module(x)
     n, C = x.shape[:2]

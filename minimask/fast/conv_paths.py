@@ -18,7 +18,7 @@ Chapter: nbs/01_convolution.ipynb
 
 from __future__ import annotations
 
-from .backend import get_array_module
+from ..backend import get_array_module
 
 COL_BUDGET_BYTES = 1 << 30  # largest im2col / shifted-grid buffer built at once; bigger batches go in chunks
 SHIFT_BLOCK_BYTES = 4 << 20  # shifted path: output columns are accumulated in blocks of this size
