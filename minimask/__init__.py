@@ -4,12 +4,13 @@ Read it chapter by chapter (nbs/), verify each stage (pytest), train it for real
 Public names follow torchvision, so every stage can be checked against it.
 """
 
-from . import backend, conv, fpn, init, layers, losses, optim, paths, resnet, tape, weights
+from . import backend, conv, fast, fpn, init, layers, losses, optim, paths, resnet, tape, weights
 from .anchors import AnchorGenerator
 from .backend import get_array_module, make_rng, scatter_add, to_host
 from .boxes import BoxCoder, box_area, box_iou, clip_boxes_to_image, decode_boxes, encode_boxes, remove_small_boxes
 from .config import MaskRCNNConfig
 from .conv import Conv2d, ConvTranspose2d, conv2d, conv_transpose2d
+from .fast import winograd  # noqa: F401  chapter 01 imports it as minimask.winograd (now in fast/)
 from .fpn import BackboneWithFPN, FeaturePyramidNetwork, resnet_fpn_backbone
 from .layers import (
     Flatten,
@@ -40,8 +41,5 @@ from .roi_align import roi_align
 from .roi_pool import roi_pool
 from .rpn import RegionProposalNetwork, RPNConfig, RPNHead
 from .tape import Tensor, no_grad
-
-from . import fast  # noqa: E402  the speed engines and their switch (fast.disable(), MINIMASK_REFERENCE=1)
-from .fast import winograd  # noqa: E402, F401  chapter 01 imports it as minimask.winograd (now in fast/)
 
 __version__ = "0.1.0"
