@@ -3,7 +3,7 @@
     MaskRCNNConfig
       ├─ transform:  TransformConfig   normalise, resize, pad (GeneralizedRCNNTransform)
       ├─ backbone:   BackboneConfig    ResNet-FPN trunk: depth, norm, frozen stages, FPN width
-      ├─ rpn:        RPNConfig         anchors, matching, sampling, proposals (defined in rpn.py)
+      ├─ rpn:        RPNConfig         anchors, matching, sampling, proposals (used by rpn.py)
       └─ roi_heads:  RoIHeadsConfig    RoI sampling, box and mask heads, losses, post-processing
 
 Defaults are the paper's / torchvision's `maskrcnn_resnet50_fpn`, except where minimask adds a
@@ -73,11 +73,30 @@ class RoIHeadsConfig:
 
 
 @dataclass(frozen=True)
+class RPNConfig:
+    anchor_sizes: tuple = (32, 64, 128, 256, 512)  # anchor side sqrt(w * h) in px, one per level P2..P6
+    aspect_ratios: tuple = (0.5, 1.0, 2.0)  # anchor h / w, the same at every level: A = 3
+    fg_iou_thresh: float = 0.7  # anchor IoU >= this with a gt box -> positive
+    bg_iou_thresh: float = 0.3  # IoU < this -> negative; in between -> ignored
+    crowd_ioa_thresh: float = 0.0  # an anchor with more than this of its area in a crowd box is no negative
+    batch_size_per_image: int = 256  # anchors sampled per image for the two losses
+    positive_fraction: float = 0.5  # at most this share of the sample is positive
+    pre_nms_top_n_train: int = 2000  # per level and image: best-scoring anchors decoded before NMS
+    pre_nms_top_n_test: int = 1000  # the same at test time
+    post_nms_top_n_train: int = 2000  # per image: proposals kept after NMS
+    post_nms_top_n_test: int = 1000  # the same at test time
+    nms_thresh: float = 0.7  # IoU above which NMS drops a proposal (within its level)
+    score_thresh: float = 0.0  # proposals need sigmoid(objectness) >= this
+    min_box_size: float = 1e-3  # proposals narrower or shorter than this (px, after clipping) go
+    box_loss_beta: float = 1.0 / 9  # smooth L1 transition point of loss_rpn_box_reg
+
+
+@dataclass(frozen=True)
 class MaskRCNNConfig:
     num_classes: int = 91                # including background (COCO's 90 ids + 1, as torchvision)
     transform: TransformConfig = field(default_factory=TransformConfig)    # normalise / resize / pad
     backbone: BackboneConfig = field(default_factory=BackboneConfig)       # ResNet-FPN trunk
-    rpn: RPNConfig = field(default_factory=lambda: _rpn_config_class()())  # noqa: F821  proposals (rpn.py)
+    rpn: RPNConfig = field(default_factory=RPNConfig)  # anchors, matching, sampling, proposals (rpn.py)
     roi_heads: RoIHeadsConfig = field(default_factory=RoIHeadsConfig)      # box and mask heads
 
 
@@ -87,15 +106,8 @@ def torchvision_parity(config: MaskRCNNConfig) -> MaskRCNNConfig:
     return replace(config, roi_heads=replace(config.roi_heads, aligned=False, mask_target_binarize=False))
 
 
-def _rpn_config_class():
-    # RPNConfig lives beside the RPN it configures (rpn.py); imported here on first use
-    from .rpn import RPNConfig
-
-    return RPNConfig
-
-
 def _sections():
-    return {"transform": TransformConfig, "backbone": BackboneConfig, "rpn": _rpn_config_class(),
+    return {"transform": TransformConfig, "backbone": BackboneConfig, "rpn": RPNConfig,
             "roi_heads": RoIHeadsConfig}
 
 

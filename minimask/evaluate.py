@@ -31,9 +31,11 @@ from .backend import (
     to_host,
     track_device_memory,
 )
+from .builders import build_dataset, load_checkpoint_model
 from .errors import run_cli
 from .fast.host import keep_freed_host_memory
 from .rundir import output_folder
+from .tape import no_grad
 
 STAT_NAMES = [
     "AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl",
@@ -69,7 +71,6 @@ def predict_dataset(model, dataset, batch_size=2, progress=True, limit=None):
     Each batch of images is uploaded once to the model's device; the detections come back to the
     host (for COCOeval) in `detections_to_coco`.
     """
-    from .tape import no_grad
 
     model.eval()
     xp = module_of(model)
@@ -137,7 +138,6 @@ def evaluate_model(model, dataset, batch_size=2, out_dir=None, progress=True, ve
 
 
 def main(argv=None):
-    from .train import build_dataset, load_checkpoint_model
 
     p = argparse.ArgumentParser(prog="python -m minimask.evaluate", description=__doc__.split("\n")[0])
     p.add_argument("--checkpoint", required=True, help="a checkpoint .npz written by minimask.train")

@@ -24,7 +24,8 @@ from .conv import Conv2d, ConvTranspose2d
 from .layers import GroupNorm, ReLU, gather_rows, relu, reshape, sum_all
 from .losses import binary_cross_entropy_with_logits
 from .module import Module, Sequential
-from .transform import resize_bilinear
+from .pooling import resize_bilinear
+from .roi_align import roi_align_forward
 
 # ------------------------------------------------------------------------------------------------
 # modules
@@ -86,8 +87,6 @@ def project_masks_on_boxes(gt_masks, boxes, matched_idxs, M, aligned=True, binar
     matched_idxs_host: the same indices on the host, when the caller has them (no device->host copy).
     Chapter: nbs/10_mask_head.ipynb
     """
-    from .roi_align import roi_align_forward
-
     xp = get_array_module(boxes)
     P = boxes.shape[0]
     if P == 0:

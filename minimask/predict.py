@@ -17,6 +17,7 @@ import numpy as np
 from PIL import Image
 
 from .backend import device_module, module_of, to_device, to_host
+from .builders import load_checkpoint_model
 from .coco_check import resize_problem
 from .data import DataError, to_chw_float
 from .errors import run_cli
@@ -38,7 +39,6 @@ def read_image(path):
 
 
 def main(argv=None):
-    from .train import load_checkpoint_model
 
     p = argparse.ArgumentParser(prog="python -m minimask.predict", description=__doc__.split("\n")[0])
     p.add_argument("images", nargs="+", help="image files")

@@ -13,14 +13,13 @@ Chapter: nbs/05_rpn.ipynb    Paper: Faster R-CNN, Sec. 3.1; FPN, Sec. 4.1
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
 from . import init
 from .anchors import AnchorGenerator
 from .backend import get_array_module, to_device, to_host
 from .boxes import BoxCoder, clip_boxes_to_image
+from .config import RPNConfig
 from .conv import Conv2d
 from .layers import ReLU, concatenate, gather_rows, mul, reshape, sigmoid_forward, transpose
 from .losses import binary_cross_entropy_with_logits, smooth_l1_loss
@@ -28,25 +27,6 @@ from .matching import BalancedPositiveNegativeSampler, Matcher, label_anchors, s
 from .module import Module, Parameter, Sequential
 from .nms import batched_nms
 from .tape import Tensor
-
-
-@dataclass(frozen=True)
-class RPNConfig:
-    anchor_sizes: tuple = (32, 64, 128, 256, 512)  # anchor side sqrt(w * h) in px, one per level P2..P6
-    aspect_ratios: tuple = (0.5, 1.0, 2.0)  # anchor h / w, the same at every level: A = 3
-    fg_iou_thresh: float = 0.7  # anchor IoU >= this with a gt box -> positive
-    bg_iou_thresh: float = 0.3  # IoU < this -> negative; in between -> ignored
-    crowd_ioa_thresh: float = 0.0  # an anchor with more than this of its area in a crowd box is no negative
-    batch_size_per_image: int = 256  # anchors sampled per image for the two losses
-    positive_fraction: float = 0.5  # at most this share of the sample is positive
-    pre_nms_top_n_train: int = 2000  # per level and image: best-scoring anchors decoded before NMS
-    pre_nms_top_n_test: int = 1000  # the same at test time
-    post_nms_top_n_train: int = 2000  # per image: proposals kept after NMS
-    post_nms_top_n_test: int = 1000  # the same at test time
-    nms_thresh: float = 0.7  # IoU above which NMS drops a proposal (within its level)
-    score_thresh: float = 0.0  # proposals need sigmoid(objectness) >= this
-    min_box_size: float = 1e-3  # proposals narrower or shorter than this (px, after clipping) go
-    box_loss_beta: float = 1.0 / 9  # smooth L1 transition point of loss_rpn_box_reg
 
 
 class RPNHead(Module):

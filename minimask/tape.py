@@ -127,49 +127,8 @@ class Tensor:
     def zero_grad(self):
         self.grad = None
 
-    # --- arithmetic: thin sugar over the ops in layers.py --------------------------------------
-    def __add__(self, other):
-        from .layers import add
-
-        return add(self, other)
-
-    __radd__ = __add__
-
-    def __mul__(self, other):
-        from .layers import mul
-
-        return mul(self, other)
-
-    __rmul__ = __mul__
-
-    def __sub__(self, other):
-        from .layers import add, mul
-
-        if isinstance(other, (int, float)):
-            return add(self, -other)  # a Python scalar keeps the tensor's dtype
-        return add(self, mul(other, -1.0))
-
-    def __rsub__(self, other):
-        from .layers import add, mul
-
-        return add(mul(self, -1.0), other)
-
-    def __truediv__(self, other):
-        from .layers import mul
-
-        if not isinstance(other, (int, float)):
-            raise TypeError("Tensor / x is defined for Python scalars only; use layers.mul with a reciprocal")
-        return mul(self, 1.0 / other)
-
-    def __neg__(self):
-        from .layers import mul
-
-        return mul(self, -1.0)
-
-    def sum(self):
-        from .layers import sum_all
-
-        return sum_all(self)
+    # arithmetic (a + b, a * b, a - b, -a, a / 2.0, t.sum()) is sugar over the ops of layers.py, which
+    # attaches it to Tensor when it defines them (`layers._tensor_operators`): the tape itself knows no op.
 
     # --- reverse mode -----------------------------------------------------------------------
     def backward(self, grad=None):

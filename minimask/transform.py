@@ -21,48 +21,12 @@ import numpy as np
 from .backend import get_array_module, is_cupy_array, to_host
 from .config import TransformConfig
 from .layers import interpolate_forward
+from .mask_head import paste_masks_in_image
+from .pooling import resize_bilinear  # noqa: F401  (re-exported: tests and chapters import it from here)
 
 # ------------------------------------------------------------------------------------------------
 # bilinear resize with torch's semantics
 # ------------------------------------------------------------------------------------------------
-
-
-def _linear_weights(n_in, n_out):
-    """Source indices (i0, i1) and weights (l0, l1), each (n_out,), of torch's align_corners=False
-    linear interpolation, on the host, as torch computes them for float input: src = max(scale *
-    (dst + 0.5) - 0.5, 0) rounded once to float32 (a fused multiply-add) with scale = n_in / n_out; i0 = floor(src);
-    i1 = i0 + 1 except at the last row; l1 = src - i0, l0 = 1 - l1."""
-    scale = np.float32(n_in) / np.float32(n_out)
-    # torch's compiled kernel fuses the multiply-add (one rounding): exact in float64, then rounded
-    src = (np.float64(scale) * (np.arange(n_out, dtype=np.float64) + 0.5) - 0.5).astype(np.float32)
-    src = np.maximum(src, np.float32(0))
-    i0 = np.minimum(np.floor(src).astype(np.int64), n_in - 1)
-    l1 = np.clip(src - i0.astype(np.float32), np.float32(0), np.float32(1))
-    i1 = i0 + (i0 < n_in - 1)
-    return i0, i1, np.float32(1) - l1, l1
-
-
-def resize_bilinear(x, size):
-    """Resize the last two axes of x (..., H, W) to `size` = (OH, OW), as torch's
-    `F.interpolate(x, size, mode="bilinear", align_corners=False)` (no antialiasing).
-
-    out = l0h (l0w x[h0, w0] + l1w x[h0, w1]) + l1h (l0w x[h1, w0] + l1w x[h1, w1]), in x's dtype.
-    Chapter: nbs/11_mask_rcnn.ipynb
-    """
-    if x.ndim < 2:
-        raise ValueError(f"resize_bilinear: expected (..., H, W), got shape {tuple(x.shape)}")
-    oh, ow = int(size[0]), int(size[1])
-    H, W = x.shape[-2], x.shape[-1]
-    if oh < 1 or ow < 1 or H < 1 or W < 1:
-        raise ValueError(f"resize_bilinear: cannot resize {tuple(x.shape)} to {(oh, ow)}")
-    xp = get_array_module(x)
-    dt = x.dtype
-    h0, h1, lh0, lh1 = (xp.asarray(a) for a in _linear_weights(H, oh))
-    w0, w1, lw0, lw1 = (xp.asarray(a) for a in _linear_weights(W, ow))
-    lh0, lh1 = lh0.astype(dt)[:, None], lh1.astype(dt)[:, None]        # (OH, 1)
-    lw0, lw1 = lw0.astype(dt), lw1.astype(dt)                          # (OW,)
-    top, bottom = x[..., h0, :], x[..., h1, :]                          # (..., OH, W)
-    return lh0 * (lw0 * top[..., w0] + lw1 * top[..., w1]) + lh1 * (lw0 * bottom[..., w0] + lw1 * bottom[..., w1])
 
 
 def resized_size(height, width, min_size, max_size):
@@ -260,8 +224,6 @@ class GeneralizedRCNNTransform:
 
     def postprocess(self, result, image_sizes, original_sizes):
         """Map detections from the resized images back to the originals (boxes; masks pasted)."""
-        from .mask_head import paste_masks_in_image
-
         for r, size, orig in zip(result, image_sizes, original_sizes, strict=True):
             r["boxes"] = resize_boxes(r["boxes"], size, orig)
             if "masks" in r:

@@ -19,9 +19,9 @@ import numpy as np
 import pytest
 
 from minimask import fast
+from minimask.builders import TrainConfig, build_dataset, build_model
 from minimask.data import DataLoader
 from minimask.optim import SGD, WarmupMultiStepLR, clip_grad_norm_, param_groups
-from minimask.train import TrainConfig, build_dataset, build_model
 
 
 @pytest.mark.slow

@@ -221,10 +221,12 @@ def test_backward_is_told_which_input_gradients_are_needed():
 
 def test_conv_skips_the_image_gradient(monkeypatch):
     import minimask.conv as conv_module
+    import minimask.fast.conv as conv_engine
 
     calls = []
-    original = conv_module._conv2d_input_grad
-    monkeypatch.setattr(conv_module, "_conv2d_input_grad", lambda *a, **k: calls.append(1) or original(*a, **k))
+    for module, name in ((conv_module, "_input_grad_gemm"), (conv_engine, "input_grad")):  # reference, engine
+        original = getattr(module, name)
+        monkeypatch.setattr(module, name, lambda *a, _f=original, **k: calls.append(1) or _f(*a, **k))
     rng = np.random.default_rng(0)
     image = Tensor(rng.standard_normal((1, 3, 8, 8)).astype(np.float32))
     w = Tensor(rng.standard_normal((4, 3, 3, 3)).astype(np.float32), requires_grad=True)

@@ -12,7 +12,7 @@ implicitly, and every time a value comes back to the host the device must have f
     boolean-mask indexing (a result whose shape depends on the data, which CuPy must read back);
   - host -> device uploads (`asarray` / `array` of host data) are counted too (`UPLOADS`);
   - `RawKernel(source, name, options)` compiles the same .cu source for the CPU emulation
-    (`minimask.kernels.CpuKernel`, kernels/cuda_cpu.h) and launches it with the same grid and
+    (`minimask.cuda_cpu.CpuKernel`, kernels/cuda_cpu.h) and launches it with the same grid and
     block; launches are counted by kernel name (`LAUNCHES`);
   - only names that the installed CuPy also has are served (when CuPy is importable), so a NumPy-only
     function fails here as it would on the GPU.
@@ -34,7 +34,7 @@ import types
 
 import numpy as np
 
-from .. import backend as _backend
+from ..cuda_cpu import CpuKernel
 
 _THIS_FILE = os.path.abspath(__file__)
 # frames skipped when naming where a sync happened: this file and backend.py's forwarders (to_host)
@@ -293,7 +293,20 @@ def _is_bool_mask(key):
 # the module
 # ------------------------------------------------------------------------------------------------
 
-_REAL = _backend._import_cupy()   # the installed cupy (None when absent): the stand-in serves only its names
+
+
+def _installed_cupy():
+    """The installed cupy module, or None (absent or broken); imported here, not through backend.py,
+    which imports this module as the stand-in device: an arrow back up would be a cycle."""
+    try:
+        import cupy
+
+        return cupy
+    except Exception:
+        return None
+
+
+_REAL = _installed_cupy()   # the installed cupy (None when absent): the stand-in serves only its names
 
 _UPLOAD = {"asarray", "array", "asanyarray"}
 _DATA_DEPENDENT = {"nonzero", "flatnonzero", "argwhere", "unique", "compress", "extract"}
@@ -385,7 +398,7 @@ def get_array_module(*args):
 # --- RawKernel: the same .cu source through the CPU emulation ---------------------------------------
 
 class RawKernel:
-    """cupy.RawKernel(source, name, options): compiled for the CPU by minimask.kernels.CpuKernel."""
+    """cupy.RawKernel(source, name, options): compiled for the CPU by minimask.cuda_cpu.CpuKernel."""
 
     def __init__(self, code, name, options=(), backend="nvrtc", translate_cucomplex=False, **kwargs):
         self.code, self.name, self.options = code, name, tuple(options)
@@ -394,8 +407,6 @@ class RawKernel:
         self._kernel = None
 
     def __call__(self, grid, block, args, shared_mem=0, enable_cooperative_groups=False):
-        from ..kernels import CpuKernel
-
         if self._kernel is None:
             self._kernel = CpuKernel(f"{self.name}.cu", self.name, self._dtype, source=self.code)
         host_args = []
