@@ -15,6 +15,8 @@ import os
 
 import numpy as np
 
+from .testing import fake_cuda
+
 DEFAULT_DTYPE = np.float32
 
 _cupy = None          # the cupy module once imported, False when unavailable
@@ -33,6 +35,9 @@ def _import_cupy():
         except Exception:  # ImportError, or a broken CUDA install
             _cupy = False
     return _cupy or None
+
+
+fake_cuda.real_cupy = _import_cupy  # the stand-in device serves only the names the installed CuPy has
 
 
 def cupy_available() -> bool:
@@ -68,8 +73,6 @@ FAKE_CUDA_ENV = "MINIMASK_FAKE_CUDA"
 
 
 def _fake_cuda():
-    from .testing import fake_cuda
-
     return fake_cuda
 
 

@@ -295,25 +295,18 @@ def _is_bool_mask(key):
 
 
 
-def _installed_cupy():
-    """The installed cupy module, or None (absent or broken); imported here, not through backend.py,
-    which imports this module as the stand-in device: an arrow back up would be a cycle."""
-    try:
-        import cupy
+# The installed cupy (None when absent): the stand-in serves only its names. backend.py, the one
+# module that imports cupy, installs its lazy `_import_cupy` here when it imports this module.
+real_cupy = lambda: None  # noqa: E731
 
-        return cupy
-    except Exception:
-        return None
-
-
-_REAL = _installed_cupy()   # the installed cupy (None when absent): the stand-in serves only its names
 
 _UPLOAD = {"asarray", "array", "asanyarray"}
 _DATA_DEPENDENT = {"nonzero", "flatnonzero", "argwhere", "unique", "compress", "extract"}
 
 
 def _served(name):
-    if _REAL is not None and not hasattr(_REAL, name):
+    real = real_cupy()
+    if real is not None and not hasattr(real, name):
         raise AttributeError(f"cupy has no attribute {name!r} (the stand-in serves only cupy's names)")
 
 
