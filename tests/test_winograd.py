@@ -12,18 +12,22 @@ from test_conv import naive_conv2d
 import minimask.fast.conv as conv_engine
 import minimask.fast.conv_paths as conv_paths
 import minimask.fast.winograd as wg
+from minimask import fast
 from minimask.conv import conv2d_backward, conv2d_forward
 from minimask.fast import host
 
 
 @contextlib.contextmanager
 def forced_winograd():
-    old = conv_engine.FORCE_PATH
+    """The Winograd engine on, whatever the switch says (these tests are about the engine)."""
+    old, was_on = conv_engine.FORCE_PATH, fast.enabled()
     conv_engine.FORCE_PATH = "winograd"
+    fast.enable()
     try:
         yield
     finally:
         conv_engine.FORCE_PATH = old
+        (fast.enable if was_on else fast.disable)()
 
 
 @st.composite
