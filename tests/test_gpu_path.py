@@ -202,7 +202,7 @@ EXPECTED_SYNCS_PER_ITERATION = {
     # target values checked (finite, inside the image, labels in range): one flag per image, read together
     ("get", "minimask/transform.py:check_targets"): 1,
     # how many crowd boxes each image has (a shape): all images' counts in one copy
-    ("get", "minimask/model.py:_count_crowd"): 1,
+    ("get", "minimask/roi_heads.py:_count_crowd"): 1,
     # the balanced samplers (RPN anchors, box-head RoIs) draw on the host with the run's NumPy generator,
     # so CPU and GPU runs sample alike: the labels of all images in one copy per sampler
     ("get", "minimask/matching.py:sample"): 2,
@@ -218,7 +218,7 @@ EXPECTED_SYNCS_PER_ITERATION = {
     ("get", "minimask/rpn.py:filter_proposals"): 1,
     # the mask branch: which sampled RoIs are positive and which gt each matched (so that only the gt masks
     # in use are converted to float), every image's in one copy
-    ("get", "minimask/model.py:_labels_and_matches_on_host"): 1,
+    ("get", "minimask/roi_heads.py:_labels_and_matches_on_host"): 1,
 }
 
 
