@@ -28,7 +28,7 @@ import functools
 import inspect
 import weakref
 
-from .backend import get_array_module
+from .backend import get_array_module, to_host
 
 _grad_enabled = True
 
@@ -108,8 +108,6 @@ class Tensor:
         return f"Tensor(shape={tuple(self.shape)}, dtype={self.dtype}{flag})"
 
     def numpy(self):
-        from .backend import to_host
-
         return to_host(self.data)
 
     def item(self):
