@@ -83,3 +83,12 @@ def coco128_or_sample(explicit_data=None):
         return coco128_dir(explicit_data), "coco128"
     except FileNotFoundError:
         return SAMPLE_DIR, "sample"
+
+
+def shown(path):
+    """`path` as a reader should see it printed: relative to the repository when inside it."""
+    path = Path(path).resolve()
+    try:
+        return str(path.relative_to(REPO_ROOT))
+    except ValueError:
+        return str(path)

@@ -38,8 +38,9 @@ def check_image_batch(x, size_divisible=32):
     h, w = shape[2], shape[3]
     if h % size_divisible or w % size_divisible:
         raise ValueError(
-            f"image batch {shape}: H and W must be multiples of {size_divisible} (C5 is H/32 x W/32 and "
-            f"the FPN adds levels by exact x2 upsampling); the model's input transform pads images to that"
+            f"image batch {shape}: H and W must be multiples of {size_divisible}, so that every level C2..C5 "
+            f"is exactly half the one before (as torchvision's transform guarantees); the model's input "
+            f"transform pads images to that"
         )
 
 

@@ -39,3 +39,22 @@ def torch():
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)
+
+
+def pytest_configure(config):
+    """Keep this run's executed chapters (tests/test_notebooks.py saves them to MINIMASK_SAVE_EXECUTED)
+    so that tests/test_site.py builds the site from them: each chapter is executed once per run."""
+    if not os.environ.get("MINIMASK_SAVE_EXECUTED"):
+        import tempfile
+
+        os.environ["MINIMASK_SAVE_EXECUTED"] = tempfile.mkdtemp(prefix="minimask-executed-")
+        config._minimask_executed_tmp = os.environ["MINIMASK_SAVE_EXECUTED"]
+
+
+def pytest_unconfigure(config):
+    tmp = getattr(config, "_minimask_executed_tmp", None)
+    if tmp:
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)
+        os.environ.pop("MINIMASK_SAVE_EXECUTED", None)

@@ -69,3 +69,19 @@ def test_notebook_executes_without_data(path, monkeypatch, tmp_path):
     _, text = _execute(path, monkeypatch)
     assert "data: sample (" in text, f"{path.name} did not fall back to the package's sample"
     assert "data: coco128" not in text
+
+
+def test_committed_chapters_show_only_the_sample():
+    """The executed chapters stored in nbs/ may carry only images the repository may ship: every
+    chapter that says which data it used must have used the package's sample (tools/execute_chapters.py
+    points the data lookup at an empty folder), and no stored output names a machine's data folder."""
+    import json
+
+    for path in NOTEBOOKS:
+        cells = json.loads(path.read_text())["cells"]
+        text = "".join(
+            "".join(out.get("text", "")) + "".join(out.get("data", {}).get("text/plain", ""))
+            for cell in cells if cell["cell_type"] == "code" for out in cell.get("outputs", [])
+        )
+        assert "data: coco128" not in text, f"{path.name} is stored with coco128 outputs (licences): re-execute it"
+        assert "shared/data" not in text, f"{path.name} stores a local data path in its outputs"
