@@ -217,12 +217,11 @@ relu = tape.op(relu_forward, relu_backward)
 
 
 def sigmoid_forward(x):
-    """1 / (1 + exp(-x)), computed without overflow for large |x|. Caches its output."""
+    """1 / (1 + exp(-x)) without overflow: the one sigmoid of the package. Caches its output."""
     xp = get_array_module(x)
     e = xp.exp(-xp.abs(x))                                  # in (0, 1], never overflows
-    neg = x < 0
-    # x >= 0: 1 / (1 + e^-x);  x < 0: e^x / (1 + e^x); blended with the mask (branch-free)
-    out = (1 + neg * (e - 1)) / (1 + e)
+    # x >= 0: 1 / (1 + e^-x);  x < 0: e^x / (1 + e^x), which keeps tiny values instead of rounding to 0
+    out = xp.where(x >= 0, 1 / (1 + e), e / (1 + e)).astype(x.dtype, copy=False)
     return out, out
 
 

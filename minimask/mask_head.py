@@ -21,7 +21,7 @@ import numpy as np
 from . import init
 from .backend import get_array_module, to_host
 from .conv import Conv2d, ConvTranspose2d
-from .layers import GroupNorm, ReLU, gather_rows, relu, reshape, sum_all
+from .layers import GroupNorm, ReLU, gather_rows, relu, reshape, sigmoid_forward, sum_all
 from .losses import binary_cross_entropy_with_logits
 from .module import Module, Sequential
 from .pooling import resize_bilinear
@@ -132,8 +132,7 @@ def maskrcnn_inference(mask_logits, labels):
     xp = get_array_module(mask_logits)
     lab = xp.concatenate(labels) if labels else xp.zeros((0,), dtype=xp.int64)
     logits = mask_logits[xp.arange(lab.shape[0]), lab][:, None]             # (D, 1, M, M)
-    e = xp.exp(-xp.abs(logits))
-    prob = xp.where(logits >= 0, 1 / (1 + e), e / (1 + e)).astype(mask_logits.dtype, copy=False)
+    prob = sigmoid_forward(logits)[0]
     out, start = [], 0
     for lab_i in labels:
         out.append(prob[start:start + lab_i.shape[0]])

@@ -32,6 +32,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 from . import builders, paths
 from .backend import (
@@ -62,14 +63,15 @@ from .checkpoint import (
     save_model,
     training_state,
 )
+from .coco_eval import evaluate_model
 from .data import DataLoader
 from .errors import run_cli
-from .evaluate import evaluate_model
 from .fast.host import keep_freed_host_memory
 from .losses import NonFiniteError
 from .optim import SGD, WarmupMultiStepLR, clip_grad_norm_, param_groups
 from .rundir import RunDirError, atomic_write_text, choose_run_dir, merge_resume_config, read_run_config
 from .tape import Tensor
+from .viz import plot_losses, plot_predictions
 
 
 def _field_help(name):
@@ -176,8 +178,6 @@ def train(cfg: TrainConfig, progress=True, interrupt_at=None, given=None):
     `given`: the fields set on the command line; --resume compares only those with the run's
     configuration (None: every field of `cfg`).
     """
-    from tqdm import tqdm
-
 
     run, cfg, found = open_run(cfg, given)
     run_dir = run.path
@@ -278,8 +278,6 @@ def train(cfg: TrainConfig, progress=True, interrupt_at=None, given=None):
     if xp is not np:
         print(describe_device_memory(xp))
     save_model(run.file("model_final.npz"), model, it, config_to_json(cfg), class_names)
-
-    from .viz import plot_losses, plot_predictions
 
     for name in ("eval/results.json", "eval/metrics.json"):   # recorded before evaluate_model writes them
         run.file(name)

@@ -14,6 +14,7 @@ import matplotlib.pyplot as plt  # with no display, matplotlib falls back to its
 import numpy as np
 
 from .backend import module_of, to_device, to_host
+from .tape import no_grad
 
 COLOURS = plt.get_cmap("tab20").colors
 
@@ -78,8 +79,6 @@ def plot_losses(metrics_jsonl, out_png):
 
 def plot_predictions(model, dataset, out_png, class_names=None, num_images=6, score_thresh=0.5):
     """Ground truth (top row) and predictions above `score_thresh` (bottom row) on the first images."""
-    from .tape import no_grad
-
     model.eval()
     n = min(num_images, len(dataset))
     fig, axes = plt.subplots(2, n, figsize=(2.6 * n, 5.4), squeeze=False)

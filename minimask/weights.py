@@ -19,6 +19,7 @@ import os
 from collections import OrderedDict, namedtuple
 
 from .module import Module, load_state_file
+from .resnet import ResNet
 
 LoadResult = namedtuple("LoadResult", ["missing", "unexpected", "ignored"])
 
@@ -63,8 +64,6 @@ def load_torchvision_state(model, path_or_dict, prefix_map=None, ignore=(), stri
 
 def _trunk(model):
     """The ResNet trunk inside `model`: the model itself, `model.body`, or `model.backbone.body`."""
-    from .resnet import ResNet
-
     for path in ((), ("body",), ("backbone", "body")):
         m = model
         try:

@@ -309,11 +309,11 @@ def test_detections_on_the_device_equal_numpy(host_run, shapes_dir, monkeypatch)
     fc.reset_counters()
     b = evaluate.predict_dataset(dev_model, ds, batch_size=2, progress=False)      # one batch of 2 images
     assert len(a) == len(b) > 0
-    model_syncs = {k: v for k, v in fc.SYNCS.items() if not k[1].startswith("minimask/evaluate.py")}
+    model_syncs = {k: v for k, v in fc.SYNCS.items() if not k[1].startswith("minimask/coco_eval.py")}
     assert model_syncs == EXPECTED_SYNCS_PER_INFERENCE_BATCH
     # the detections handed to COCOeval: boxes, scores, labels and masks of each image, nothing else
-    assert set(fc.SYNCS) - set(model_syncs) == {("get", "minimask/evaluate.py:detections_to_coco")}
-    assert fc.SYNCS["get", "minimask/evaluate.py:detections_to_coco"] <= 4 * len(ds)
+    assert set(fc.SYNCS) - set(model_syncs) == {("get", "minimask/coco_eval.py:detections_to_coco")}
+    assert fc.SYNCS["get", "minimask/coco_eval.py:detections_to_coco"] <= 4 * len(ds)
     for ra, rb in zip(a, b, strict=True):
         assert (ra["image_id"], ra["category_id"]) == (rb["image_id"], rb["category_id"])
         assert rb["score"] == pytest.approx(ra["score"], rel=1e-4, abs=1e-6)

@@ -96,3 +96,38 @@ def test_stage_files_of_chapters_01_to_11_are_short():
     lengths = {f: len((PACKAGE / f).read_text().splitlines()) for f in CHAPTER_FILES}
     too_long = {f: n for f, n in lengths.items() if n > MAX_LINES}
     assert not too_long, f"stage files over {MAX_LINES} lines: {too_long}"
+
+
+def reachable(graph, start):
+    """Every module `start` imports, directly or through others."""
+    seen, todo = set(), [start]
+    while todo:
+        for m in graph[todo.pop()]:
+            if m not in seen:
+                seen.add(m)
+                todo.append(m)
+    return seen
+
+
+# Going down the package from train.py a reader meets data, then the model, the RPN, the RoI heads and
+# the losses (issue 13, item 5): a module never imports, even indirectly, one above it in this list.
+READING_ORDER = ["train", "builders", "data", "model", "rpn", "roi_heads", "losses"]
+
+
+def test_reading_order_has_no_arrow_pointing_back_up():
+    graph = import_graph()
+    for i, upper in enumerate(READING_ORDER):
+        for lower in READING_ORDER[i + 1:]:
+            assert f"minimask.{upper}" not in reachable(graph, f"minimask.{lower}"), f"{lower} imports {upper}"
+
+
+def test_reachable_follows_indirect_imports():
+    graph = {"a": {"b"}, "b": {"c"}, "c": set()}
+    assert reachable(graph, "a") == {"b", "c"} and reachable(graph, "c") == set()
+
+
+def test_the_clis_import_from_lower_modules_never_from_each_other():
+    graph = import_graph()
+    clis = {"minimask.train", "minimask.evaluate", "minimask.predict"}
+    for cli in clis:
+        assert not reachable(graph, cli) & (clis - {cli}), f"{cli} imports {reachable(graph, cli) & clis}"

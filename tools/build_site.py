@@ -31,18 +31,21 @@ MARKER = ".minimask-site"          # written into every folder this script creat
 # API reference sections, in the order of the Mask R-CNN figure
 API_SECTIONS = [
     ("Arrays, the tape, gradient checks (chapter 00)", ["backend", "tape", "module", "gradcheck", "init"]),
-    ("Convolution (chapter 01)", ["conv", "conv_paths", "winograd"]),
-    ("Layers, losses, optimizer (chapter 02)", ["layers", "losses", "optim"]),
+    ("Convolution (chapter 01)", ["conv", "utils"]),
+    ("Layers, losses, optimizer (chapter 02)", ["layers", "norms", "pooling", "shape_ops", "losses", "optim"]),
     ("Backbone: ResNet and FPN (chapter 03)", ["resnet", "fpn", "weights"]),
     ("Boxes, anchors, matching, the RPN (chapters 04-05)", ["boxes", "anchors", "matching", "rpn"]),
     ("Non-maximum suppression (chapter 06)", ["nms"]),
     ("RoIPool, RoIAlign, the pooler (chapter 07)", ["roi_pool", "roi_align", "poolers"]),
-    ("CUDA kernels (chapter 08)", ["kernels"]),
-    ("Box and mask heads (chapters 09-10)", ["box_head", "mask_head"]),
+    ("CUDA kernels (chapter 08)", ["kernels", "cuda_cpu"]),
+    ("Box and mask heads (chapters 09-10)", ["box_head", "mask_head", "roi_heads"]),
     ("The whole model (chapter 11)", ["transform", "model", "config"]),
-    ("Training, data, evaluation (chapters 12-13)", ["shapes", "data", "coco_check", "paths", "train", "checkpoint",
-                                                     "rundir", "errors", "evaluate", "predict", "viz"]),
+    ("Training, data, evaluation (chapters 12-13)", ["shapes", "data", "coco_check", "paths", "builders", "train",
+                                                     "checkpoint", "rundir", "errors", "coco_eval", "evaluate",
+                                                     "predict", "viz"]),
     ("Exercises (every chapter)", ["exercises"]),
+    ("The speed engines (minimask/fast/)", ["fast", "fast.conv", "fast.conv_paths", "fast.winograd", "fast.roi_align",
+                                           "fast.roi_pool", "fast.nms", "fast.host"]),
 ]
 
 
@@ -108,7 +111,9 @@ def write_api(path):
             # autodoc writes reST, so it runs inside an eval-rst block (MyST would read its output as Markdown)
             out += [f"### `minimask.{m}`", "", "```{eval-rst}", f".. automodule:: minimask.{m}", "   :members:",
                     "```", ""]
-    missing = sorted(p.stem for p in (ROOT / "minimask").glob("*.py") if p.stem != "__init__" and p.stem not in listed)
+    found = [p.stem for p in (ROOT / "minimask").glob("*.py") if p.stem != "__init__"]
+    found += [f"fast.{p.stem}" for p in (ROOT / "minimask" / "fast").glob("*.py") if p.stem != "__init__"]
+    missing = sorted(m for m in found if m not in listed)
     if missing:
         raise SystemExit(f"modules missing from the API reference sections: {missing}")
     path.write_text("\n".join(out), encoding="utf-8")
