@@ -17,6 +17,10 @@ Memory:  every (framework, mode) runs in its own fresh subprocess; peak memory i
 Stages:  per-stage forward times from timers around transform / backbone / rpn / roi_heads /
          postprocess (minimask) and forward hooks (torch); backward and the SGD step as a whole.
 Threads: torch.set_num_threads(T); OpenBLAS/MKL/OMP thread counts T for numpy.
+Engines: a third worker runs minimask with its CPU engines off (MINIMASK_REFERENCE=1: the stage files'
+         reference code, one timed run after the warm-up), printed as "reference time (s)" with its
+         ratio to the engines' time, so a reader sees what minimask/fast/ buys on the whole model.
+         --no-reference skips it.
 """
 
 from __future__ import annotations
@@ -164,7 +168,7 @@ def _torch_runner(mode, timer):
 
 def _worker(framework, mode, repeat):
     timer = _Timer()
-    run = (_minimask_runner if framework == "minimask" else _torch_runner)(mode, timer)
+    run = (_torch_runner if framework == "torch" else _minimask_runner)(mode, timer)
     base = _rss_mb()
     times, stages = [], []
     for _ in range(repeat + 1):  # the first run is a warm-up
@@ -176,7 +180,7 @@ def _worker(framework, mode, repeat):
     best = 1 + min(range(repeat), key=lambda i: times[1 + i])
     result = {"framework": framework, "mode": mode, "time_s": times[best], "times": times, "stages": stages[best],
               "peak_mb": _rss_mb() - base}
-    if framework == "minimask":
+    if framework == "minimask":  # (not for "minimask-ref": the engines' run is the one measured)
         import tracemalloc
 
         tracemalloc.start()
@@ -190,7 +194,12 @@ def _spawn(framework, mode, args):
     env = dict(os.environ)
     t = str(args.threads)
     env.update(OMP_NUM_THREADS=t, OPENBLAS_NUM_THREADS=t, MKL_NUM_THREADS=t, MINIMASK_BENCH_THREADS=t)
-    cmd = [sys.executable, os.path.abspath(__file__), "--worker", framework, mode, "--repeat", str(args.repeat)]
+    env.pop("MINIMASK_REFERENCE", None)
+    repeat = args.repeat
+    if framework == "minimask-ref":  # the same runner with every CPU engine off (minimask/fast/)
+        env["MINIMASK_REFERENCE"] = "1"
+        repeat = 1
+    cmd = [sys.executable, os.path.abspath(__file__), "--worker", framework, mode, "--repeat", str(repeat)]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     for line in proc.stdout.splitlines():
         if line.startswith("RESULT "):
@@ -209,6 +218,7 @@ def main(argv=None):
     p.add_argument("--repeat", type=int, default=2)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--no-torch", action="store_true")
+    p.add_argument("--no-reference", action="store_true", help="skip the engines-off (reference) run")
     p.add_argument("--only", default=",".join(MODES), help="comma-separated subset of " + ", ".join(MODES))
     p.add_argument("--worker", nargs=2, metavar=("FRAMEWORK", "MODE"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -222,7 +232,7 @@ def main(argv=None):
     frameworks = ["minimask"] + (["torch"] if not args.no_torch and _torch_available() else [])
     res = {}
     for mode in modes:  # interleave the frameworks so both see similar machine load
-        for fw in frameworks:
+        for fw in frameworks + ([] if args.no_reference else ["minimask-ref"]):
             res[fw, mode] = _spawn(fw, mode, args)
 
     print(f"Mask R-CNN ResNet-50-FPN, 91 classes, random weights, {args.threads} threads, best of {args.repeat} "
@@ -239,6 +249,9 @@ def main(argv=None):
                 t = res["torch", mode][key]
                 line += f"{t:12.3f}{m / t:9.2f}x" if t > 0 else f"{t:12.3f}{'n/a':>10s}"
             print(line)
+        if not args.no_reference:
+            r, m = res["minimask-ref", mode]["time_s"], res["minimask", mode]["time_s"]
+            print(f"{mode + ' reference time (s)':32s}{r:12.3f}   engines off; {r / m:.2f}x the engines' time")
     for mode in modes:
         print(f"\n{mode}: per-stage time (s)" + ("   minimask | torch" if "torch" in frameworks else ""))
         names = list(res["minimask", mode]["stages"])
