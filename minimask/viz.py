@@ -57,7 +57,9 @@ def draw_instances(ax, image, boxes=(), labels=None, scores=None, masks=None, cl
 
 
 def plot_losses(metrics_jsonl, out_png):
-    """Each loss (and the total) against the iteration, from a run's metrics.jsonl."""
+    """Each loss (and the total) against the iteration, from a run's metrics.jsonl (None: nothing logged yet)."""
+    if not Path(metrics_jsonl).exists():  # a run stopped (time limit) before its first logged iteration
+        return None
     rows = [json.loads(line) for line in Path(metrics_jsonl).read_text().splitlines() if line.strip()]
     if not rows:
         return None

@@ -91,3 +91,13 @@ def test_bad_checkpoint_is_reported(tmp_path):
     np.savez(bad, a=np.zeros(1))
     with pytest.raises(ValueError, match="x.npz: not a minimask training checkpoint"):
         evaluate.main(["--checkpoint", str(bad)])
+
+
+def test_time_limit_before_the_first_logged_iteration_still_ends_the_run(tmp_path, data_dir):
+    """--time-limit-minutes can stop a run before it logs anything: it still evaluates and exits cleanly."""
+    cfg = TrainConfig(data_dir=data_dir, output_dir=str(tmp_path / "run"),
+                      **{**TINY, "log_every": 100, "checkpoint_every": 100, "time_limit_minutes": 1e-9})
+    result = train(cfg, progress=False)
+    run_dir = Path(result["run_dir"])
+    assert not (run_dir / "losses.png").exists()
+    assert (run_dir / "model_final.npz").exists() and (run_dir / "eval" / "metrics.json").exists()
