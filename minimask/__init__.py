@@ -10,7 +10,6 @@ from .backend import get_array_module, make_rng, scatter_add, to_host
 from .boxes import BoxCoder, box_area, box_iou, clip_boxes_to_image, decode_boxes, encode_boxes, remove_small_boxes
 from .config import MaskRCNNConfig
 from .conv import Conv2d, ConvTranspose2d, conv2d, conv_transpose2d
-from .fast import winograd  # noqa: F401  chapter 01 imports it as minimask.winograd (now in fast/)
 from .fpn import BackboneWithFPN, FeaturePyramidNetwork, resnet_fpn_backbone
 from .layers import (
     Flatten,

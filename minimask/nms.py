@@ -35,9 +35,10 @@ def batched_nms(boxes, scores, idxs, iou_threshold):
     """NMS within each category of `idxs` (N,) int; boxes of different categories never interact.
 
     torchvision shifts each category's boxes by idxs * (max coordinate + 1) so that they can no
-    longer overlap, then runs one NMS. Here the same offset goes into the sweep's sort key instead
-    of the coordinates, so IoUs are computed on the original boxes and the result equals per-class
-    `nms` exactly (a float32 offset of 80 * 1333 px would round the coordinates).
+    longer overlap, then runs one NMS. Here the boxes stay put: each box's category goes to the
+    greedy loop (a kept box suppresses only its own category; the sweep engine puts categories in
+    far-apart strips instead), so IoUs are computed on the original boxes and the result equals
+    per-class `nms` exactly (a float32 offset of 80 * 1333 px would round the coordinates).
     Chapter: nbs/06_nms.ipynb
     """
     if idxs is None:

@@ -8,9 +8,10 @@ Coords:  `spatial_scale` (1 / stride) maps image pixels onto the map. `aligned=T
          boxes smaller than 1x1 are stretched to 1x1.
 Samples: `sampling_ratio` points per bin and axis; <= 0 means adaptive, ceil(roi_h / ph) per RoI.
          A sample outside [-1, H] x [-1, W] contributes zero (the average still counts it).
-Layout:  the NumPy body is channel-last: the map becomes (N*H*W, C) rows, a bin is a weighted sum
-         of the rows its samples touch (one gather + one small matmul), and bilinear weights are
-         separable, so each RoI only needs per-axis "taps" (pixel index, weight).
+Layout:  the NumPy reference goes one RoI at a time: `bilinear_interpolate` reads all of the RoI's
+         samples at once and each bin averages its own; the backward scatters the same four weights
+         with `scatter_add`. The tap engine (fast/roi_align.py, chapter 14) computes the same sums as
+         channel-last gathers and small matmuls, using that bilinear weights are separable.
 Kernel:  kernels/roi_align.cu is the CUDA twin (same helper names); CuPy inputs run it.
 Chapter: nbs/07_roipool_vs_roialign.ipynb    Paper: Mask R-CNN (He et al. 2017), Sec. 3
 """

@@ -29,7 +29,7 @@ def solution(ex_id):
 
 
 def test_two_to_four_exercises_in_every_chapter():
-    counts = {c: len(exercises.for_chapter(c)) for c in range(14)}
+    counts = {c: len(exercises.for_chapter(c)) for c in range(15)}
     assert all(2 <= n <= 4 for n in counts.values()), counts
 
 
@@ -321,6 +321,20 @@ def w13_3(recall, precision):
     return float(np.mean([precision[i] if i < len(precision) else 0.0 for i in idx]))
 
 
+def w14_1(d):
+    B_T = np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]], dtype=float)
+    return B_T.T @ d @ B_T                                         # B d B^T: the transform transposed
+
+
+def w14_2(x, w, padding):
+    kh, kw = w.shape
+    xpad = np.pad(x, padding)
+    Hp, Wp = xpad.shape
+    Ho = Hp - kh + 1
+    flat = np.concatenate([xpad.ravel(), np.zeros(kw)])
+    acc = sum(w[i, j] * flat[i * Wp + j:i * Wp + j + Ho * Wp] for i in range(kh) for j in range(kw))
+    return acc.reshape(Ho, Wp)                                     # the Wp - Wout wrap-around columns kept
+
 WRONG_ANSWERS = {
     "00.1": (w00_1, "sign error"), "00.2": (w00_2, "repeated index"), "00.3": (w00_3, "not summed"),
     "01.1": (w01_1, "off-by-one"), "01.2": (w01_2, "flipped kernel"), "01.3": (w01_3, "first image"),
@@ -337,6 +351,7 @@ WRONG_ANSWERS = {
     "12.1": (w12_1, "one iteration late"), "12.2": (w12_2, "weight decay added after"),
     "12.3": (w12_3, "its own norm"),
     "13.1": (w13_1, "centre"), "13.2": (w13_2, "crowd"), "13.3": (w13_3, "monotone"),
+    "14.1": (w14_1, "transposed"), "14.2": (w14_2, "wrap-around columns kept"),
 }
 
 
@@ -430,7 +445,7 @@ def test_coco_ap_reference_matches_cocoeval():
 # the chapters ship the exercises as stubs, each followed by its checker call
 # ------------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("chapter", range(14), ids=[f"ch{c:02d}" for c in range(14)])
+@pytest.mark.parametrize("chapter", range(15), ids=[f"ch{c:02d}" for c in range(15)])
 def test_chapter_ships_its_exercises_as_stubs(chapter):
     import re
 

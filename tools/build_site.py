@@ -44,8 +44,9 @@ API_SECTIONS = [
                                                      "checkpoint", "rundir", "errors", "coco_eval", "evaluate",
                                                      "predict", "viz"]),
     ("Exercises (every chapter)", ["exercises"]),
-    ("The speed engines (minimask/fast/)", ["fast", "fast.conv", "fast.conv_paths", "fast.winograd", "fast.roi_align",
-                                           "fast.roi_pool", "fast.nms", "fast.host"]),
+    ("The speed engines (minimask/fast/, appendix chapter 14)",
+     ["fast", "fast.conv", "fast.conv_paths", "fast.winograd", "fast.roi_align", "fast.roi_pool", "fast.nms",
+      "fast.host"]),
 ]
 
 

@@ -69,7 +69,7 @@ def draw(out_path):
     # the foundations every box is built from, and the training / evaluation loop around the model
     ax.add_patch(FancyBboxPatch((0.3, -1.8), 13.9, 0.95, boxstyle="round,pad=0.05", fc="#f8f9fa", ec="#9aa0a6"))
     ax.text(7.25, -1.33, "ch 00-02, the foundations every box is built from:\nbackend.py (NumPy / CuPy), tape.py + "
-            "module.py (forward/backward pairs), gradcheck.py, conv.py + conv_paths.py + winograd.py,\n"
+            "module.py (forward/backward pairs), gradcheck.py, conv.py (engines: fast/, ch 14),\n"
             "layers.py, losses.py, optim.py, init.py", ha="center", va="center", fontsize=8.3, family="monospace")
     around = ("ch 12-13 around the model: train.py, checkpoint.py, rundir.py, errors.py, shapes.py, data.py,\n"
               "coco_check.py, paths.py, evaluate.py, predict.py, config.py, weights.py; ch 08: testing/fake_cuda.py")

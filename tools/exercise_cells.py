@@ -413,6 +413,26 @@ at the 101 recalls 0, 0.01, ..., 1.""",
 
 
 exercises.check("13.3", coco_ap)'''),
+    "14.1": ("""### Exercise 14.1 — Winograd's input transform of one tile
+
+Return `V = B^T d B` for one 4×4 input tile `d` (section 1). Write `B^T` out yourself from Lavin & Gray's
+F(2x2, 3x3) (or read it off `winograd.B_T`), then check one entry by hand: `V[0, 0] = d[0, 0] - d[0, 2]
+- d[2, 0] + d[2, 2]`.""",
+             '''def winograd_input_transform(d):
+    raise NotImplementedError      # (4, 4)
+
+
+exercises.check("14.1", winograd_input_transform)'''),
+    "14.2": ("""### Exercise 14.2 — the shifted-view conv of one channel pair
+
+One input channel `x (H, W)`, one kernel `w (kh, kw)`, stride 1, `padding` zeros on every side →
+`(Hout, Wout)`, as `conv2d` computes it. Flatten the padded input and add `kh*kw` shifted slices of it,
+each times one weight (section 2); no `im2col`.""",
+             '''def shifted_conv_channel(x, w, padding):
+    raise NotImplementedError      # (Hout, Wout)
+
+
+exercises.check("14.2", shifted_conv_channel)'''),
 }
 
 

@@ -13,10 +13,11 @@ Backwards are gradient-checked in float64 (`minimask.gradcheck`); forwards are c
 package's own function. A wrong answer that matches a known mistake (a sign error, a missing
 half-pixel offset, an off-by-one bin, a transposed index, ...) is named. Reference solutions live in
 `nbs/solutions/chNN.py`, outside the chapters.
-Files: basics (chapters 00-02), backbone_rpn (03-05), roi (06-08), heads (09-11), training (12-13).
+Files: basics (chapters 00-02), backbone_rpn (03-05), roi (06-08), heads (09-11), training (12-13),
+engines (14, the appendix).
 """
 
-from . import backbone_rpn, basics, heads, roi, training  # noqa: F401  (each module registers its exercises)
+from . import backbone_rpn, basics, engines, heads, roi, training  # noqa: F401  (each module registers its exercises)
 from ._core import CORRECT, NOT_ATTEMPTED, REGISTRY, WRONG, Exercise, Result
 
 

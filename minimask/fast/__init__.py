@@ -14,6 +14,7 @@ Engines:  conv        Winograd F(2x2, 3x3), the shifted-view and chunked im2col 
 Switch:   `disable()` / `enable()`, or MINIMASK_REFERENCE=1 in the environment, turn every CPU engine
           off (the suite passes both ways). The CUDA kernels are the GPU implementation, not
           engines: CuPy arrays keep running them either way.
+Chapter:  nbs/14_appendix_engines.ipynb (the appendix: every engine against its reference)
 """
 
 from __future__ import annotations

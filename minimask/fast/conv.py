@@ -13,7 +13,7 @@ Plan:    `plan` picks the path of each of the three products of one conv (forwar
          itself a stride-1 conv (dY with the flipped kernel), so it gets a path of its own.
 Device:  on CuPy arrays only 1x1 convs use the engine; every other conv is the reference, im2col and
          one GEMM (conv.DEVICE_PATH): the cost model below was measured on OpenBLAS.
-Chapter: nbs/01_convolution.ipynb (the reference: conv.py)
+Chapter: nbs/14_appendix_engines.ipynb (the reference: conv.py, nbs/01_convolution.ipynb)
 """
 
 from __future__ import annotations

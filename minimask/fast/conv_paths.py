@@ -13,7 +13,7 @@ Paths:   shifted  stride 1, k > 1: the N zero-padded images are stacked into ONE
          im2col   columns (K, N*Ho*Wo) built from a padded channels-first input, ONE GEMM per chunk
                   of images (or of output rows) under COL_BUDGET_BYTES; any stride, any size.
          (1x1 convs need neither: conv.py multiplies per image on x as it is. conv._choose_path picks.)
-Chapter: nbs/01_convolution.ipynb
+Chapter: nbs/14_appendix_engines.ipynb (the reference: conv.py, nbs/01_convolution.ipynb)
 """
 
 from __future__ import annotations

@@ -2,6 +2,7 @@
 
 Not part of the algorithm: the stage files run without it; the CLIs and benchmarks call
 `keep_freed_host_memory`, and the Winograd engine splits its transforms with `split_map`.
+Chapter: nbs/14_appendix_engines.ipynb
 """
 
 from __future__ import annotations

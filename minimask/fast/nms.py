@@ -2,7 +2,7 @@
 
 Shapes:  b (N, 4) boxes already in rank order (best first), groups (N,) int or None
 Returns: kept ranks, ascending; equal to nms.py's greedy loop (tests/test_fast.py)
-Chapter: nbs/06_nms.ipynb (the reference: nms.py)
+Chapter: nbs/14_appendix_engines.ipynb (the reference: nms.py, nbs/06_nms.ipynb)
 
 How it is fast in NumPy. The textbook loop compares each kept box with every box below it: up to
 N^2 / 2 IoUs. But two boxes can only have IoU > t when their left edges are within (1 - t) box

@@ -9,7 +9,7 @@ Idea:    bilinear weights are separable: a bin's value is sum over (y tap, x tap
          pixel, so each pixel gathers its own sum (no scatter of rows, which NumPy does slowly).
 Equal:   to roi_align.py's reference (tests/test_fast.py); the geometry (roi_align_geometry,
          sample_points, bilinear_taps) is the reference's, computed there and handed in.
-Chapter: nbs/07_roipool_vs_roialign.ipynb (the reference: roi_align.py)
+Chapter: nbs/14_appendix_engines.ipynb (the reference: roi_align.py, nbs/07_roipool_vs_roialign.ipynb)
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ Idea:    the map becomes channel-last rows (N*H*W, C) plus one row of -inf; a ch
          ranks L..1 on the pixels, L - max(rank where value == max) is the first match (int16 ranks
          while L < 2**15 keep that array small).
 Equal:   to roi_pool.py's reference (tests/test_fast.py); the bins are the reference's `roi_pool_bins`.
-Chapter: nbs/07_roipool_vs_roialign.ipynb (the reference: roi_pool.py)
+Chapter: nbs/14_appendix_engines.ipynb (the reference: roi_pool.py, nbs/07_roipool_vs_roialign.ipynb)
 """
 
 from __future__ import annotations

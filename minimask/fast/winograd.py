@@ -23,7 +23,7 @@ Backward: the three stages in reverse, each by its adjoint (`winograd_backward`)
          dM is shared by dX and dW: 3 transforms and 2 GEMMs for the whole backward.
 Accuracy: the transforms only add, subtract and halve; float32 results differ from the direct conv
          by rounding of a few ulps of the sum (tested against the nested-loop reference).
-Chapter: nbs/01_convolution.ipynb
+Chapter: nbs/14_appendix_engines.ipynb (the reference: conv.py, nbs/01_convolution.ipynb)
 """
 
 from __future__ import annotations
