@@ -2,7 +2,8 @@
 
 Usage:   python benchmarks/main_job_vs_peer.py [--runs 2] [--marks 2.5,5,8] [--workdir DIR] [--data DIR]
                                               [--quick] [--no-profile]
-         (--quick: a smoke test of every code path, a few minutes: 32 train / 8 val images, marks 0.2,0.4,0.6)
+         (--quick: a smoke test of every code path, a few minutes: 32 train / 8 val images, marks 0.2,0.4,0.6,
+          minimask checkpoints every 2 iterations)
 Data:    the shapes folder `python -m minimask.train` writes (1000 train + 100 val 128x128 images, seed 0),
          generated here by the same call (builders.build_dataset with train.py's default flags) into
          <workdir>/shapes-data, or reused from --data DIR. Both trainers read these files, through the same
@@ -48,11 +49,13 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from train_shapes import CheckpointPruner, read_metrics, score_marks  # noqa: E402  (benchmarks/ sibling)
 
-from minimask.builders import build_dataset  # noqa: E402
+from minimask.builders import build_dataset, build_model  # noqa: E402
 from minimask.coco_eval import coco_evaluate, detections_to_coco  # noqa: E402
 from minimask.data import DataLoader  # noqa: E402
 from minimask.train import config_from_args  # noqa: E402
@@ -82,7 +85,8 @@ def build_peer(num_classes):
     from torchvision.ops import FeaturePyramidNetwork, MultiScaleRoIAlign
 
     def block(cin, cout, stride):   # conv3x3-BN-ReLU
-        return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+        return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout),
+                             nn.ReLU(inplace=True))
 
     P = PEER
     layers = {"stem": block(3, P["stem"], 2)}
@@ -293,8 +297,8 @@ def peer_arm(data_flags, arm_dir: Path, marks_s, val_set):
             "peak_rss_mb": peak, "params": rec["params"], "marks": marks}
 
 
-def minimask_arm(data_flags, arm_dir: Path, marks_s, val_set):
-    flags = [*data_flags, "--output-dir", str(arm_dir), "--checkpoint-every", "10", "--log-every", "10",
+def minimask_arm(data_flags, arm_dir: Path, marks_s, val_set, every=10):
+    flags = [*data_flags, "--output-dir", str(arm_dir), "--checkpoint-every", str(every), "--log-every", str(every),
              "--time-limit-minutes", repr(max(marks_s) / 60)]
     cfg = config_from_args(flags)
     pruner = TrainStartPruner(arm_dir, time.time(), list(marks_s))
@@ -312,8 +316,6 @@ def minimask_arm(data_flags, arm_dir: Path, marks_s, val_set):
              for m, it, t, r in scored]
     for ckpt in arm_dir.glob("checkpoint_*.npz"):
         ckpt.unlink()
-    from minimask.builders import build_model
-    import numpy as np
     n_params = build_model(cfg, val_set.num_classes, np.random.default_rng(0)).num_parameters()
     return {"train_s": train_s, "iterations": summary["iterations"],
             "images_per_s": summary["iterations"] * cfg.batch_size / train_s, "peak_rss_mb": peak,
@@ -383,7 +385,8 @@ def main(argv=None):
         train_peer(job["flags"], Path(args.workdir), job["marks_s"])
         return 0
 
-    marks = tuple(float(m) for m in args.marks.split(",")) if args.marks else (QUICK_MARKS if args.quick else FULL_MARKS)
+    default_marks = QUICK_MARKS if args.quick else FULL_MARKS
+    marks = tuple(float(m) for m in args.marks.split(",")) if args.marks else default_marks
     marks_s = [60 * m for m in marks]
     work = Path(args.workdir or ("runs/main_job_vs_peer" + ("-quick" if args.quick else ""))).resolve()
     data = Path(args.data).resolve() if args.data else work / "shapes-data"
@@ -422,8 +425,10 @@ def main(argv=None):
                 shutil.rmtree(arm_dir)
             arm_dir.mkdir(parents=True)
             print(f"\n== run {r + 1}/{args.runs}: {arm} trains for {marks[-1]} min", flush=True)
-            fn = peer_arm if arm == "peer" else minimask_arm
-            run[arm] = fn(data_flags, arm_dir, marks_s, val_set)
+            if arm == "peer":
+                run[arm] = peer_arm(data_flags, arm_dir, marks_s, val_set)
+            else:   # --quick: minimask checkpoints every 2 iterations, so even a slow machine has one per mark
+                run[arm] = minimask_arm(data_flags, arm_dir, marks_s, val_set, every=2 if args.quick else 10)
             tmp = results_path.with_suffix(".json.tmp")
             tmp.write_text(json.dumps(results, indent=1))
             os.replace(tmp, results_path)
