@@ -183,7 +183,6 @@ def print_tables(results, variant_note):
             for m in METRICS:
                 s = stats(results, arm, m)
                 cells.append(f"{s[0]:6.1f} (range {s[1]:4.1f})" if s else f"{'-':>17s}")
-
             print(f"  {label:26s} {arm:18s} " + " ".join(f"{c:>17s}" for c in cells)
                   + f"   {paper[0]:.1f} / {paper[1]:.1f} / {paper[2]:.1f}")
         for better, worse in directions:
