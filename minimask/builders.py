@@ -35,6 +35,8 @@ class TrainConfig:
     num_train_images: int = 1000        # shapes only: images generated for training
     num_val_images: int = 100           # shapes only: images generated for validation
     image_size: int = 128               # shapes only: side of the square images
+    shape_min_size: int = 16            # shapes only: smallest shape extent in pixels (ShapesConfig.min_size)
+    shape_max_size: int = 64            # shapes only: largest shape extent in pixels (ShapesConfig.max_size)
     flip_prob: float = 0.5              # horizontal-flip augmentation probability
     num_workers: int = 2                # background threads decoding images
     skip_bad: bool = False              # skip (and count) inconsistent annotations instead of stopping
@@ -113,7 +115,8 @@ def build_dataset(cfg: TrainConfig, split: str) -> CocoDataset:
     root = resolve_data_dir(cfg)
     if cfg.dataset == "shapes":
         n = cfg.num_train_images if split == cfg.train_split else cfg.num_val_images
-        generate_shapes(root, split, num_images=n, seed=cfg.seed, config=ShapesConfig(image_size=cfg.image_size))
+        shapes = ShapesConfig(image_size=cfg.image_size, min_size=cfg.shape_min_size, max_size=cfg.shape_max_size)
+        generate_shapes(root, split, num_images=n, seed=cfg.seed, config=shapes)
         return CocoDataset(*shapes_paths(root, split), skip_bad=cfg.skip_bad)
     image_dir, ann_file = coco_paths(root, split)
     return CocoDataset(image_dir, ann_file, skip_bad=cfg.skip_bad)

@@ -8,8 +8,11 @@
 
 Defaults are the paper's / torchvision's `maskrcnn_resnet50_fpn`, except where minimask adds a
 switch (`aligned`, `mask_target_binarize`): those default to the Detectron2 behaviour, and
-`torchvision_parity()` flips them to torchvision's. No registry and no string lookups of classes:
-change a field with `dataclasses.replace` or pass overrides to the builders in model.py.
+`torchvision_parity()` flips them to torchvision's. The paper's Table 2 ablations are switches of
+RoIHeadsConfig (`roi_extractor`, `roi_aggregation`, `pool_level`, `mask_head_type`, `mask_loss`),
+each defaulting to Mask R-CNN itself; `--set roi_extractor=roi_pool` on the training CLI.
+No registry and no string lookups of classes: change a field with `dataclasses.replace` or pass
+overrides to the builders in model.py.
 Chapter: nbs/11_mask_rcnn.ipynb
 """
 
@@ -55,6 +58,9 @@ class RoIHeadsConfig:
     aligned: bool = True                 # half-pixel shift in RoIAlign (Detectron2); False = torchvision
     canonical_scale: int = 224           # FPN level rule k = floor(k0 + log2(sqrt(area) / 224)) ...
     canonical_level: int = 4             # ... with k0 = 4 (FPN paper Eq. 1)
+    roi_extractor: str = "roi_align"     # "roi_align" | "roi_pool" (rounded box, max) | "roi_warp" (rounded, bilinear)
+    roi_aggregation: str = "avg"         # roi_align / roi_warp: a bin's samples "avg"-ed or "max"-ed; roi_pool: max
+    pool_level: int = 0                  # 0: FPN level mapper; 2..5: every RoI from that one level (4: P4, 5: P5)
     # --- box head ----------------------------------------------------------------------------
     representation_size: int = 1024      # width of fc6 and fc7 (TwoMLPHead)
     bbox_reg_weights: tuple = (10.0, 10.0, 5.0, 5.0)  # (wx, wy, ww, wh) of the box coder
@@ -65,11 +71,21 @@ class RoIHeadsConfig:
     mask_predictor_channels: int = 256   # channels of the 2x2 stride-2 deconvolution
     mask_norm: str | None = None         # None (torchvision v1) | "group_norm" after each mask conv
     mask_target_binarize: bool = True    # threshold RoIAligned gt masks at 0.5 (Detectron2); False: soft
+    mask_head_type: str = "fcn"          # "fcn" (the convs above) | "mlp" (fc layers predict K*M*M: Table 2e)
+    mask_mlp_dim: int = 1024             # "mlp" head: width of its two hidden fc layers (the paper: 1024)
+    mask_loss: str = "sigmoid"           # "sigmoid" (per-class BCE) | "softmax" (per-pixel over K, Table 2b)
     # --- inference ---------------------------------------------------------------------------
     score_thresh: float = 0.05           # detections need a class score above this
     nms_thresh: float = 0.5              # class-wise NMS IoU threshold
     detections_per_img: int = 100        # keep the best this many per image
     min_box_size: float = 1e-2           # detections narrower or shorter than this (px) are dropped
+
+    def __post_init__(self):   # the ablation switches (the paper's Table 2): a typo is an error, not the default
+        for name, allowed in (("roi_extractor", ("roi_align", "roi_pool", "roi_warp")),
+                              ("roi_aggregation", ("avg", "max")), ("pool_level", (0, 2, 3, 4, 5)),
+                              ("mask_head_type", ("fcn", "mlp")), ("mask_loss", ("sigmoid", "softmax"))):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"RoIHeadsConfig.{name} must be one of {allowed}, got {getattr(self, name)!r}")
 
 
 @dataclass(frozen=True)

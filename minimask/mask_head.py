@@ -132,10 +132,14 @@ def maskrcnn_inference(mask_logits, labels):
     xp = get_array_module(mask_logits)
     lab = xp.concatenate(labels) if labels else xp.zeros((0,), dtype=xp.int64)
     logits = mask_logits[xp.arange(lab.shape[0]), lab][:, None]             # (D, 1, M, M)
-    prob = sigmoid_forward(logits)[0]
+    return split_by_image(sigmoid_forward(logits)[0], labels)
+
+
+def split_by_image(x, labels):
+    """Rows of x (D, ...) for all images -> list of (D_i, ...), D_i = len(labels[i])."""
     out, start = [], 0
     for lab_i in labels:
-        out.append(prob[start:start + lab_i.shape[0]])
+        out.append(x[start:start + lab_i.shape[0]])
         start += lab_i.shape[0]
     return out
 

@@ -104,6 +104,7 @@ def small_config(num_classes=4, backbone="resnet18", min_size=256, max_size=320,
         cfg, num_classes=num_classes, name=backbone, norm="group_norm", trainable_layers=5, out_channels=width,
         min_size=min_size, max_size=max_size, rpn=rpn,
         roi_heads=dict(representation_size=4 * width, mask_layers=(width,) * 4, mask_predictor_channels=width,
+                       mask_mlp_dim=4 * width,
                        batch_size_per_image=128))
     return with_overrides(cfg, **overrides) if overrides else cfg
 

@@ -6,6 +6,8 @@ Shapes:  features: list of L maps (N, C, H_l, W_l), finest first (P2, P3, P4, P5
 Levels:  k = floor(4 + log2(sqrt(area) / 224)), clamped to [k_min, k_max] (FPN paper, Eq. 1):
          a 224x224 box (ImageNet size) goes to P4, each halving of its side one level finer.
 Sizes:   7x7 for the box head, 14x14 for the mask head (both with sampling_ratio 2).
+Method:  RoIAlign (average of the bin's samples) by default; the paper's Table 2c alternatives by
+         `method` ("roi_pool", "roi_warp") and `aggregation` ("max"): see `pool_rois`.
 Chapter: nbs/07_roipool_vs_roialign.ipynb    Paper: FPN (Lin et al. 2017), Sec. 4.2
 """
 
@@ -19,6 +21,9 @@ from . import tape
 from .backend import get_array_module, to_device, to_host
 from .module import Module
 from .roi_align import convert_boxes_to_roi_format, output_pair, roi_align
+from .roi_align_max import roi_align_max
+from .roi_pool import roi_pool
+from .roi_warp import roi_warp
 
 
 def map_levels(boxes, k_min=2, k_max=5, canonical_scale=224, canonical_level=4, eps=1e-6):
@@ -55,10 +60,35 @@ def merge_levels_backward(dout, positions):
 merge_levels = tape.op(merge_levels_forward, merge_levels_backward)
 
 
+METHODS = ("roi_align", "roi_pool", "roi_warp")
+
+
+def pool_rois(feature, rois, output_size, scale, sampling_ratio, aligned, method="roi_align", aggregation="avg"):
+    """One level's RoI features (K, C, ph, pw) by the chosen extractor (the paper's Table 2c rows):
+
+    roi_align + avg   RoIAlign (the default; its CUDA kernel on CuPy)
+    roi_align + max   the same bilinear samples, max per bin (roi_align_max.py)
+    roi_warp          RoIPool's rounded box, bilinear samples, avg or max per bin (roi_warp.py)
+    roi_pool          rounded box and bins, max per bin (`aligned`, `sampling_ratio`, `aggregation` unused)
+    """
+    if method == "roi_align":
+        if aggregation == "avg":
+            return roi_align(feature, rois, output_size, scale, sampling_ratio, aligned)
+        if aggregation == "max":
+            return roi_align_max(feature, rois, output_size, scale, sampling_ratio, aligned)
+        raise ValueError(f"aggregation must be 'avg' or 'max', got {aggregation!r}")
+    if method == "roi_warp":
+        return roi_warp(feature, rois, output_size, scale, sampling_ratio, aggregation)
+    if method == "roi_pool":
+        return roi_pool(feature, rois, output_size, scale)
+    raise ValueError(f"RoI extractor must be one of {METHODS}, got {method!r}")
+
+
 def multiscale_roi_align(features, boxes, output_size, scales, sampling_ratio=2, aligned=False,
-                         canonical_scale=224, canonical_level=4):
+                         canonical_scale=224, canonical_level=4, method="roi_align", aggregation="avg"):
     """RoIAlign over a pyramid: features list of (N, C, H_l, W_l) (arrays or Tensors), scales their
     spatial scales (1/4, 1/8, ...), boxes (K, 5) or list of (K_i, 4) -> Tensor (K, C, ph, pw).
+    One map: every box is pooled from it. `method`, `aggregation`: see `pool_rois`.
     Chapter: nbs/07_roipool_vs_roialign.ipynb
     """
     if len(features) != len(scales):
@@ -68,7 +98,7 @@ def multiscale_roi_align(features, boxes, output_size, scales, sampling_ratio=2,
     rois = convert_boxes_to_roi_format(boxes, xp).astype(data0.dtype, copy=False)
     ph, pw = output_pair(output_size)
     if len(features) == 1:
-        return roi_align(features[0], rois, (ph, pw), scales[0], sampling_ratio, aligned)
+        return pool_rois(features[0], rois, (ph, pw), scales[0], sampling_ratio, aligned, method, aggregation)
     k_min = int(round(-math.log2(scales[0])))
     k_max = int(round(-math.log2(scales[-1])))
     levels = map_levels(rois, k_min, k_max, canonical_scale, canonical_level) - k_min   # (K,) 0..L-1
@@ -76,7 +106,7 @@ def multiscale_roi_align(features, boxes, output_size, scales, sampling_ratio=2,
     pooled, positions = [], []
     for lvl, (feat, scale) in enumerate(zip(features, scales, strict=True)):   # a loop over the L levels
         pos = to_device(np.flatnonzero(host_levels == lvl), xp)
-        pooled.append(roi_align(feat, rois[pos], (ph, pw), scale, sampling_ratio, aligned))
+        pooled.append(pool_rois(feat, rois[pos], (ph, pw), scale, sampling_ratio, aligned, method, aggregation))
         positions.append(pos)
     return merge_levels(*pooled, positions=positions)
 
@@ -92,12 +122,14 @@ class MultiScaleRoIAlign(Module):
 
     forward(x: dict name -> (N, C, H_l, W_l), boxes: list of (K_i, 4) per image,
             image_shapes: list of (h, w)) -> (K, C, ph, pw), boxes concatenated in image order.
-    `aligned=False` as torchvision; our model passes True. Chapter: nbs/07_roipool_vs_roialign.ipynb
+    `aligned=False` as torchvision; our model passes True. `method` / `aggregation` (not in
+    torchvision): the paper's Table 2c extractors, see `pool_rois`. Chapter: nbs/07_roipool_vs_roialign.ipynb
     """
 
     def __init__(self, featmap_names, output_size, sampling_ratio, canonical_scale=224,
-                 canonical_level=4, aligned=False):
+                 canonical_level=4, aligned=False, method="roi_align", aggregation="avg"):
         super().__init__()
+        self.method, self.aggregation = method, aggregation
         self.featmap_names = list(featmap_names)
         self.output_size = output_pair(output_size)
         self.sampling_ratio = int(sampling_ratio)
@@ -113,4 +145,5 @@ class MultiScaleRoIAlign(Module):
         size = (max(s[0] for s in image_shapes), max(s[1] for s in image_shapes))
         scales = [_infer_scale(f.shape, size) for f in feats]
         return multiscale_roi_align(feats, boxes, self.output_size, scales, self.sampling_ratio,
-                                    self.aligned, self.canonical_scale, self.canonical_level)
+                                    self.aligned, self.canonical_scale, self.canonical_level, self.method,
+                                    self.aggregation)

@@ -148,14 +148,18 @@ def roi_align_geometry(rois, output_size, spatial_scale, sampling_ratio, aligned
                 bin_h=bin_h, bin_w=bin_w, grid_h=grid_h, grid_w=grid_w)
 
 
-def sample_points(start, bin_size, grid, pooled):
+def sample_points(start, bin_size, grid, pooled, max_grid=None):
     """Sample coordinates along one axis: (K, pooled, G), G = max grid; entries i >= grid[k] unused.
 
     coord = start + p * bin_size + (i + 0.5) * bin_size / grid        (the kernel's formula)
+    max_grid: G when the caller knows it (a fixed sampling ratio), which saves the host sync.
     """
     xp = get_array_module(start)
     dt = start.dtype
-    G = max(int(grid.max()), 1) if grid.size else 1             # host sync: a shape depends on it
+    if max_grid is not None:
+        G = max(int(max_grid), 1)
+    else:
+        G = max(int(grid.max()), 1) if grid.size else 1         # host sync: a shape depends on it
     p = xp.arange(pooled, dtype=dt)[None, :, None]
     i = xp.arange(G, dtype=dt)[None, None, :] + dt.type(0.5)
     b = bin_size[:, None, None]

@@ -18,6 +18,8 @@ from .box_head import FastRCNNPredictor, TwoMLPHead, fastrcnn_loss, postprocess_
 from .boxes import BoxCoder
 from .config import RoIHeadsConfig
 from .mask_head import MaskRCNNHeads, MaskRCNNPredictor, maskrcnn_inference, maskrcnn_loss, project_masks_on_boxes
+from .mask_mlp import MaskRCNNMLPHead, MaskRCNNMLPPredictor
+from .mask_softmax import maskrcnn_inference_softmax, maskrcnn_loss_softmax
 from .matching import BalancedPositiveNegativeSampler, Matcher
 from .module import Module
 from .poolers import MultiScaleRoIAlign
@@ -84,14 +86,22 @@ class RoIHeads(Module):
         super().__init__()
         cfg = self.config = config if config is not None else RoIHeadsConfig()
         pool_args = dict(sampling_ratio=cfg.sampling_ratio, aligned=cfg.aligned,
-                         canonical_scale=cfg.canonical_scale, canonical_level=cfg.canonical_level)
-        self.box_roi_pool = MultiScaleRoIAlign(list(FEATMAP_NAMES), cfg.box_pool_size, **pool_args)
+                         canonical_scale=cfg.canonical_scale, canonical_level=cfg.canonical_level,
+                         method=cfg.roi_extractor, aggregation=cfg.roi_aggregation)
+        # pool_level 0: the FPN level mapper over P2..P5; k: every RoI from P_k alone (Table 2d)
+        featmaps = list(FEATMAP_NAMES) if cfg.pool_level == 0 else [FEATMAP_NAMES[cfg.pool_level - 2]]
+        self.box_roi_pool = MultiScaleRoIAlign(featmaps, cfg.box_pool_size, **pool_args)
         self.box_head = TwoMLPHead(in_channels * cfg.box_pool_size ** 2, cfg.representation_size, rng=rng)
         self.box_predictor = FastRCNNPredictor(cfg.representation_size, num_classes, rng=rng)
-        self.mask_roi_pool = MultiScaleRoIAlign(list(FEATMAP_NAMES), cfg.mask_pool_size, **pool_args)
-        self.mask_head = MaskRCNNHeads(in_channels, cfg.mask_layers, cfg.mask_dilation, cfg.mask_norm, rng=rng)
-        self.mask_predictor = MaskRCNNPredictor(cfg.mask_layers[-1], cfg.mask_predictor_channels, num_classes,
-                                                rng=rng)
+        self.mask_roi_pool = MultiScaleRoIAlign(featmaps, cfg.mask_pool_size, **pool_args)
+        if cfg.mask_head_type == "fcn":
+            self.mask_head = MaskRCNNHeads(in_channels, cfg.mask_layers, cfg.mask_dilation, cfg.mask_norm, rng=rng)
+            self.mask_predictor = MaskRCNNPredictor(cfg.mask_layers[-1], cfg.mask_predictor_channels, num_classes,
+                                                    rng=rng)
+        else:   # "mlp" (Table 2e): fc layers on the flattened pooled features predict all K*M*M logits
+            self.mask_head = MaskRCNNMLPHead(in_channels * cfg.mask_pool_size ** 2, cfg.mask_mlp_dim, rng=rng)
+            self.mask_predictor = MaskRCNNMLPPredictor(cfg.mask_mlp_dim, num_classes, 2 * cfg.mask_pool_size,
+                                                       rng=rng)
         self.num_classes = num_classes
         self.proposal_matcher = Matcher(cfg.fg_iou_thresh, cfg.bg_iou_thresh, allow_low_quality_matches=False)
         self.fg_bg_sampler = BalancedPositiveNegativeSampler(cfg.batch_size_per_image, cfg.positive_fraction)
@@ -137,7 +147,8 @@ class RoIHeads(Module):
             else:
                 mask_features = self.mask_roi_pool(features, mask_props, image_shapes)   # (P, C, 14, 14)
                 mask_logits = self.mask_predictor(self.mask_head(mask_features))     # (P, K, 28, 28)
-                loss_mask = maskrcnn_loss(mask_logits, xp.concatenate(mask_labels), xp.concatenate(mask_targets))
+                mask_loss = maskrcnn_loss if cfg.mask_loss == "sigmoid" else maskrcnn_loss_softmax   # Table 2b
+                loss_mask = mask_loss(mask_logits, xp.concatenate(mask_labels), xp.concatenate(mask_targets))
             return [], {"loss_classifier": loss_classifier, "loss_box_reg": loss_box_reg, "loss_mask": loss_mask}
 
         boxes, scores, labels = postprocess_detections(
@@ -148,7 +159,8 @@ class RoIHeads(Module):
         if sum(b.shape[0] for b in boxes):
             mask_features = self.mask_roi_pool(features, boxes, image_shapes)
             mask_logits = self.mask_predictor(self.mask_head(mask_features)).data        # (D, K, 28, 28)
-            masks = maskrcnn_inference(mask_logits, labels)
+            masks = (maskrcnn_inference if cfg.mask_loss == "sigmoid" else maskrcnn_inference_softmax)(mask_logits,
+                                                                                                   labels)
         else:
             xp = get_array_module(class_logits.data)
             masks = [xp.zeros((0, 1, M, M), dtype=class_logits.dtype) for _ in boxes]

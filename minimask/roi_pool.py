@@ -23,7 +23,7 @@ from .fast import roi_pool as pool_engine
 from .roi_align import check_rois, output_pair
 
 
-def _round_half_away(v):
+def round_half_away(v):
     """C's round(): halves go away from zero (NumPy's round goes to even)."""
     xp = get_array_module(v)
     return xp.sign(v) * xp.floor(xp.abs(v) + v.dtype.type(0.5))
@@ -35,10 +35,10 @@ def roi_pool_bins(rois, output_size, spatial_scale, height, width):
     ph, pw = output_size
     dt = rois.dtype.type
     scale = dt(spatial_scale)
-    start_w = _round_half_away(rois[:, 1] * scale).astype(np.int64)
-    start_h = _round_half_away(rois[:, 2] * scale).astype(np.int64)
-    end_w = _round_half_away(rois[:, 3] * scale).astype(np.int64)
-    end_h = _round_half_away(rois[:, 4] * scale).astype(np.int64)
+    start_w = round_half_away(rois[:, 1] * scale).astype(np.int64)
+    start_h = round_half_away(rois[:, 2] * scale).astype(np.int64)
+    end_w = round_half_away(rois[:, 3] * scale).astype(np.int64)
+    end_h = round_half_away(rois[:, 4] * scale).astype(np.int64)
     roi_w = xp.maximum(end_w - start_w + 1, 1)          # both end pixels count
     roi_h = xp.maximum(end_h - start_h + 1, 1)
     bin_h = (roi_h.astype(rois.dtype) / dt(ph))[:, None]
