@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, settings
 
+from minimask.shapes import ShapesConfig, generate_shapes
+
 settings.register_profile(
     "ci", max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True
 )
@@ -58,3 +60,13 @@ def pytest_unconfigure(config):
 
         shutil.rmtree(tmp, ignore_errors=True)
         os.environ.pop("MINIMASK_SAVE_EXECUTED", None)
+
+
+@pytest.fixture(scope="module")
+def shapes_dir(tmp_path_factory, request):
+    """A tiny 64x64 shapes folder sized by the test module's TINY dict (num_train_images, num_val_images)."""
+    tiny = request.module.TINY
+    root = tmp_path_factory.mktemp("shapes-data")
+    for split, n in (("train", tiny["num_train_images"]), ("val", tiny["num_val_images"])):
+        generate_shapes(root, split, num_images=n, seed=0, config=ShapesConfig(image_size=64))
+    return root

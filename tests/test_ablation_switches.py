@@ -13,7 +13,6 @@ from minimask.builders import build_model
 from minimask.config import MaskRCNNConfig, RoIHeadsConfig, with_overrides
 from minimask.data import CocoDataset, DataLoader, shapes_paths
 from minimask.model import MaskRCNN, small_config
-from minimask.shapes import ShapesConfig, generate_shapes
 from minimask.testing import fake_cuda as fc
 from minimask.train import TrainConfig, config_from_args, train
 
@@ -53,14 +52,6 @@ def test_switches_from_the_training_cli():
     assert (pool.method, pool.aggregation, pool.featmap_names) == ("roi_warp", "max", ["3"])   # P5 alone
     assert {"roi_heads.mask_head.mask_fc1.weight", "roi_heads.mask_predictor.mask_fcn_logits.weight"} <= set(
         dict(model.named_parameters()))
-
-
-@pytest.fixture(scope="module")
-def shapes_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("shapes-data")
-    for split, n in (("train", TINY["num_train_images"]), ("val", TINY["num_val_images"])):
-        generate_shapes(root, split, num_images=n, seed=0, config=ShapesConfig(image_size=64))
-    return root
 
 
 def _step(shapes_dir, xp, **switches):

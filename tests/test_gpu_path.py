@@ -24,7 +24,6 @@ from minimask import backend, evaluate, predict
 from minimask.config import with_overrides
 from minimask.data import CocoDataset, DataLoader, shapes_paths
 from minimask.model import MaskRCNN, small_config
-from minimask.shapes import ShapesConfig, generate_shapes
 from minimask.testing import fake_cuda as fc
 from minimask.train import TrainConfig, load_checkpoint_model, train
 
@@ -143,14 +142,6 @@ def test_batched_mask_pasting_equals_the_per_box_loop(rng):
 # ------------------------------------------------------------------------------------------------
 # one step of the model: losses and every gradient equal NumPy's
 # ------------------------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def shapes_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("shapes-data")
-    for split, n in (("train", TINY["num_train_images"]), ("val", TINY["num_val_images"])):
-        generate_shapes(root, split, num_images=n, seed=0, config=ShapesConfig(image_size=64))
-    return root
 
 
 def one_step_parity(shapes_dir, device_xp, loss_rtol, grad_tol):
