@@ -41,16 +41,14 @@ def loader_rate(dataset, batch_size, num_workers, flip_prob, n_batches):
 
 
 def step_rate(cfg, dataset, n_steps):
+    from minimask.builders import build_model, build_optimizer
     from minimask.data import DataLoader
-    from minimask.optim import SGD, WarmupMultiStepLR, clip_grad_norm_, param_groups
-    from minimask.train import build_model
+    from minimask.optim import clip_grad_norm_
 
     rng = np.random.default_rng([cfg.seed, 1])
     model = build_model(cfg, dataset.num_classes, rng)
     model.train()
-    opt = SGD(param_groups(model, cfg.weight_decay, 0.0), lr=cfg.lr, momentum=cfg.momentum)
-    sched = WarmupMultiStepLR(opt, list(cfg.milestones), gamma=cfg.gamma, warmup_iters=cfg.warmup_iters,
-                              warmup_factor=cfg.warmup_factor)
+    opt, sched = build_optimizer(cfg, model)
     batches = DataLoader(dataset, batch_size=cfg.batch_size, flip_prob=cfg.flip_prob, seed=cfg.seed,
                          num_workers=0).batches()
     times, images = [], 0

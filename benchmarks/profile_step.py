@@ -51,10 +51,10 @@ import numpy as np
 from minimask import box_head, fast, layers, mask_head, roi_heads, rpn, tape  # noqa: F401
 from minimask.anchors import AnchorGenerator
 from minimask.backend import device_module, to_device, to_host
-from minimask.builders import build_dataset, build_model
+from minimask.builders import build_dataset, build_model, build_optimizer
 from minimask.data import DataLoader
 from minimask.fast.host import keep_freed_host_memory
-from minimask.optim import SGD, WarmupMultiStepLR, clip_grad_norm_, param_groups
+from minimask.optim import clip_grad_norm_
 from minimask.train import config_from_args
 
 MAIN = threading.main_thread().ident
@@ -222,9 +222,7 @@ def setup(flags):
     xp = device_module(cfg.device)
     model = build_model(cfg, train_set.num_classes, rng)
     model.train()
-    optimizer = SGD(param_groups(model, cfg.weight_decay, 0.0), lr=cfg.lr, momentum=cfg.momentum)
-    scheduler = WarmupMultiStepLR(optimizer, list(cfg.milestones), gamma=cfg.gamma, warmup_iters=cfg.warmup_iters,
-                                  warmup_factor=cfg.warmup_factor)
+    optimizer, scheduler = build_optimizer(cfg, model)
     loader = DataLoader(train_set, batch_size=cfg.batch_size, flip_prob=cfg.flip_prob, seed=cfg.seed,
                         num_workers=cfg.num_workers)
     return cfg, model, optimizer, scheduler, loader.batches(), rng, xp

@@ -21,6 +21,7 @@ from .config import with_overrides
 from .data import CocoDataset, coco_paths, shapes_paths
 from .model import MaskRCNN, maskrcnn_resnet50_fpn, small_config
 from .module import load_state_file
+from .optim import SGD, WarmupMultiStepLR, param_groups
 from .shapes import ShapesConfig, generate_shapes
 
 
@@ -134,6 +135,14 @@ def parse_overrides(items):
         except (ValueError, SyntaxError):
             out[k.strip()] = v
     return out
+
+
+def build_optimizer(cfg: TrainConfig, model):
+    """The run's SGD (momentum, weight decay except on norms and biases) and its warmup + step LR schedule."""
+    optimizer = SGD(param_groups(model, cfg.weight_decay, 0.0), lr=cfg.lr, momentum=cfg.momentum)
+    scheduler = WarmupMultiStepLR(optimizer, list(cfg.milestones), gamma=cfg.gamma, warmup_iters=cfg.warmup_iters,
+                                  warmup_factor=cfg.warmup_factor)
+    return optimizer, scheduler
 
 
 def build_model(cfg: TrainConfig, num_classes: int, rng):

@@ -47,6 +47,7 @@ from .builders import (  # noqa: F401  (TrainConfig and the builders are importa
     TrainConfig,
     build_dataset,
     build_model,
+    build_optimizer,
     config_from_json,
     config_to_json,
     load_checkpoint_model,
@@ -68,7 +69,7 @@ from .data import DataLoader
 from .errors import run_cli
 from .fast.host import keep_freed_host_memory
 from .losses import NonFiniteError
-from .optim import SGD, WarmupMultiStepLR, clip_grad_norm_, param_groups
+from .optim import clip_grad_norm_
 from .rundir import RunDirError, atomic_write_text, choose_run_dir, merge_resume_config, read_run_config
 from .tape import Tensor
 from .viz import plot_losses, plot_predictions
@@ -195,9 +196,7 @@ def train(cfg: TrainConfig, progress=True, interrupt_at=None, given=None):
         ds.check_sizes(model.config.transform.min_size, model.config.transform.max_size)
     if cfg.skip_bad:
         write_skipped(run, (train_set, val_set))
-    optimizer = SGD(param_groups(model, cfg.weight_decay, 0.0), lr=cfg.lr, momentum=cfg.momentum)
-    scheduler = WarmupMultiStepLR(optimizer, list(cfg.milestones), gamma=cfg.gamma, warmup_iters=cfg.warmup_iters,
-                                  warmup_factor=cfg.warmup_factor)
+    optimizer, scheduler = build_optimizer(cfg, model)
     start = 0
     if found is not None:
         ckpt, state, meta = found

@@ -21,9 +21,9 @@ import numpy as np
 import pytest
 
 from minimask import fast
-from minimask.builders import TrainConfig, build_dataset, build_model
+from minimask.builders import TrainConfig, build_dataset, build_model, build_optimizer
 from minimask.data import DataLoader
-from minimask.optim import SGD, WarmupMultiStepLR, clip_grad_norm_, param_groups
+from minimask.optim import clip_grad_norm_
 
 
 @pytest.mark.slow
@@ -33,9 +33,7 @@ def test_first_20_iterations_equal_with_and_without_engines(tmp_path):
     rng = np.random.default_rng([cfg.seed, 1])
     model = build_model(cfg, train_set.num_classes, rng)
     model.train()
-    optimizer = SGD(param_groups(model, cfg.weight_decay, 0.0), lr=cfg.lr, momentum=cfg.momentum)
-    scheduler = WarmupMultiStepLR(optimizer, list(cfg.milestones), gamma=cfg.gamma, warmup_iters=cfg.warmup_iters,
-                                  warmup_factor=cfg.warmup_factor)
+    optimizer, scheduler = build_optimizer(cfg, model)
     batches = DataLoader(train_set, batch_size=cfg.batch_size, flip_prob=cfg.flip_prob, seed=cfg.seed,
                          num_workers=1).batches()
     params = model.parameters()
