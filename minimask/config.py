@@ -51,6 +51,7 @@ class RoIHeadsConfig:
     batch_size_per_image: int = 512      # RoIs sampled per image for the box and mask losses
     positive_fraction: float = 0.25      # at most this share of the sample is foreground
     crowd_ioa_thresh: float = 0.7        # a RoI lying more than this inside a crowd box is no negative
+    mask_batch_size_per_image: int = 0   # at most this many positives per image train the mask head (0: all)
     # --- pooling -----------------------------------------------------------------------------
     box_pool_size: int = 7               # RoIAlign output for the box head (7x7)
     mask_pool_size: int = 14             # RoIAlign output for the mask head (14x14 -> 28x28 masks)

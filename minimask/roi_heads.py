@@ -4,7 +4,8 @@ Shapes:  features: OrderedDict '0'..'3' (P2..P5), each (N, C, H/s, W/s); proposa
 Training: per image, proposals matched to gt boxes (IoU >= 0.5 foreground), 512 sampled at 1/4
          positive (box_head.select_training_samples); box targets = encoded gt boxes of the matches;
          mask targets = each positive's gt mask cropped to its proposal and resized to M x M
-         (mask_head.project_masks_on_boxes); losses loss_classifier, loss_box_reg, loss_mask
+         (mask_head.project_masks_on_boxes), for every positive (the paper) or a random
+         `mask_batch_size_per_image` of them; losses loss_classifier, loss_box_reg, loss_mask
 Eval:    detections per image (box_head.postprocess_detections), then masks for the kept boxes
 Chapter: nbs/09_box_head.ipynb, nbs/10_mask_head.ipynb    Paper: Mask R-CNN (He et al. 2017), Sec. 3
 """
@@ -134,6 +135,8 @@ class RoIHeads(Module):
                                                             strict=True):
                 xp = get_array_module(props)
                 pos_h = np.flatnonzero(hlab > 0)
+                if 0 < cfg.mask_batch_size_per_image < pos_h.size:   # a random subset, drawn on the host
+                    pos_h = np.sort(rng.choice(pos_h, size=cfg.mask_batch_size_per_image, replace=False))
                 pos = to_device(pos_h, xp)
                 mask_props.append(props[pos])
                 mask_labels.append(lab[pos])
