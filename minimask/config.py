@@ -87,6 +87,9 @@ class RoIHeadsConfig:
                               ("mask_head_type", ("fcn", "mlp")), ("mask_loss", ("sigmoid", "softmax"))):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"RoIHeadsConfig.{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        if self.mask_batch_size_per_image < 0:
+            raise ValueError(f"RoIHeadsConfig.mask_batch_size_per_image must be >= 0 (0: all), "
+                             f"got {self.mask_batch_size_per_image}")
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from minimask import mask_head as MH
+from minimask.config import RoIHeadsConfig
+from minimask.roi_heads import RoIHeads
 from minimask.tape import Tensor
 
 SEEDS = st.integers(0, 2**16)
@@ -129,3 +131,30 @@ def test_targets_loss_and_paste_match_torchvision(torch):
     pasted = MH.paste_masks_in_image(probs, boxes * 1.3 - 10, (H, W))
     ref = tvr.paste_masks_in_image(torch.from_numpy(probs), torch.from_numpy(boxes * 1.3 - 10), (H, W)).numpy()
     np.testing.assert_allclose(pasted, ref, atol=1e-6)
+
+
+@pytest.mark.parametrize("cap", [0, 3])
+def test_mask_batch_size_per_image_caps_the_mask_branch(cap):
+    """Every positive trains the mask head (0, the paper), or a random `cap` of each image's positives."""
+    rng = np.random.default_rng(0)
+    cfg = RoIHeadsConfig(batch_size_per_image=32, mask_batch_size_per_image=cap, representation_size=16,
+                         mask_layers=(4,), mask_predictor_channels=4)
+    heads = RoIHeads(3, cfg, in_channels=4, rng=rng).train()
+    features = {k: Tensor(rng.standard_normal((2, 4, 64 // 2**i, 64 // 2**i)).astype(np.float32))
+                for i, k in enumerate("0123")}
+    targets, proposals = [], []
+    for _ in range(2):   # two objects per image; 40 proposals near them: many positives
+        boxes = np.array([[8, 8, 40, 40], [30, 20, 60, 50]], np.float32)
+        masks = np.zeros((2, 256, 256), np.uint8)
+        masks[0, 8:40, 8:40] = masks[1, 20:50, 30:60] = 1
+        targets.append({"boxes": boxes, "labels": np.array([1, 2]), "masks": masks})
+        proposals.append((boxes[rng.integers(0, 2, 40)] + rng.uniform(-2, 2, (40, 4))).astype(np.float32))
+    seen = []
+    original = heads.mask_head.forward
+    heads.mask_head.forward = lambda x: seen.append(x.shape[0]) or original(x)
+    _, losses = heads(features, proposals, [(256, 256)] * 2, targets, rng=np.random.default_rng(1))
+    positives = 2 * 8   # 32 RoIs per image at a quarter positive
+    assert seen == [2 * cap if cap else positives]
+    assert np.isfinite(float(losses["loss_mask"].data))
+    with pytest.raises(ValueError, match="mask_batch_size_per_image"):
+        RoIHeadsConfig(mask_batch_size_per_image=-1)
