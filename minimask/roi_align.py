@@ -201,6 +201,9 @@ def roi_align_forward(input, boxes, output_size, spatial_scale=1.0, sampling_rat
     if fast.pick_roi_align():  # the tap engine: the same sums as gathers and matmuls (fast/roi_align.py)
         ytaps = tap_engine.axis_taps(bilinear_taps(ycoord, H), yact, g["grid_h"], H)
         xtaps = tap_engine.axis_taps(bilinear_taps(xcoord, W), xact, g["grid_w"], W)
+        if tap_engine.use_dense(input.shape, K, input.dtype.itemsize):   # few channels: two GEMMs per RoI
+            out, state = tap_engine.forward_dense(input, g["batch"], ytaps, xtaps, (ph, pw))
+            return out, ("dense", state)
         out, state = tap_engine.forward(input, g["batch"], ytaps, xtaps, (ph, pw))
         return out, ("fast", state)
     out = xp.zeros((K, C, ph, pw), dtype=input.dtype)
@@ -227,6 +230,8 @@ def roi_align_backward(dout, cache):
         return kernels.roi_align_backward_kernel(dout, rois, shape, size, *settings), None
     if cache[0] == "fast":
         return tap_engine.backward(dout, cache[1]), None
+    if cache[0] == "dense":
+        return tap_engine.backward_dense(dout, cache[1]), None
     _, rois, shape, (ph, pw), settings = cache
     N, C, H, W = shape
     g, (ycoord, _), (xcoord, _) = _samples(rois, shape, (ph, pw), settings)

@@ -17,6 +17,7 @@ from test_roi_align import random_rois
 from minimask import fast
 from minimask.conv import conv2d_backward, conv2d_forward, conv_transpose2d_backward, conv_transpose2d_forward
 from minimask.fast import conv as conv_engine
+from minimask.fast import roi_align as tap_engine
 from minimask.nms import batched_nms, nms
 from minimask.roi_align import roi_align_backward, roi_align_forward
 from minimask.roi_pool import roi_pool_backward, roi_pool_forward
@@ -111,8 +112,9 @@ def test_conv_transpose2d_engines_equal_the_reference(seed, N, C, O, H, k, s, p,
 
 @given(seed=st.integers(0, 2**31 - 1), K=st.integers(0, 12), C=st.integers(1, 4), H=st.integers(1, 12),
        W=st.integers(1, 12), size=st.integers(1, 4), scale=st.sampled_from([1.0, 0.5, 0.25]),
-       sr=st.sampled_from([-1, 0, 1, 2]), aligned=st.booleans())
-def test_roi_align_tap_engine_equals_the_reference(seed, K, C, H, W, size, scale, sr, aligned):
+       sr=st.sampled_from([-1, 0, 1, 2]), aligned=st.booleans(), dense=st.booleans())
+def test_roi_align_tap_engine_equals_the_reference(seed, K, C, H, W, size, scale, sr, aligned, dense):
+    """Both paths of the engine: taps (gathers) and dense (two GEMMs per RoI, used for few channels)."""
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((2, C, H, W))
     rois = random_rois(rng, K, 2, H, W, scale)
@@ -120,9 +122,16 @@ def test_roi_align_tap_engine_equals_the_reference(seed, K, C, H, W, size, scale
 
     def run():
         out, cache = roi_align_forward(x, rois, size, scale, sr, aligned)
+        if fast.enabled():
+            assert cache[0] == ("dense" if dense else "fast")
         return out, roi_align_backward(np.cos(out), cache)[0]
 
-    assert_all_close(*both(run))
+    saved = tap_engine.DENSE_MAX_CHANNELS
+    tap_engine.DENSE_MAX_CHANNELS = 4 if dense else 0
+    try:
+        assert_all_close(*both(run))
+    finally:
+        tap_engine.DENSE_MAX_CHANNELS = saved
 
 
 @given(seed=st.integers(0, 2**31 - 1), K=st.integers(0, 10), C=st.integers(1, 4), H=st.integers(1, 10),

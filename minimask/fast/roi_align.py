@@ -7,6 +7,9 @@ Idea:    bilinear weights are separable: a bin's value is sum over (y tap, x tap
          rows (N*H*W, C), and a chunk of bins is ONE gather of the rows its taps touch and ONE batched
          matmul with their weights. The backward groups the same (bin, pixel, weight) triples by
          pixel, so each pixel gathers its own sum (no scatter of rows, which NumPy does slowly).
+Dense:   with very few channels (the mask targets: one binary mask per RoI) a tap gathers one number and
+         nothing amortises it; there each axis's taps become a dense (pooled, size) weight matrix and a
+         RoI's output is two GEMMs, Ay @ x @ Ax^T (`forward_dense`, `backward_dense`).
 Equal:   to roi_align.py's reference (tests/test_fast.py); the geometry (roi_align_geometry,
          sample_points, bilinear_taps) is the reference's, computed there and handed in.
 Chapter: nbs/14_appendix_engines.ipynb (the reference: roi_align.py, nbs/07_roipool_vs_roialign.ipynb)
@@ -20,6 +23,8 @@ from ..backend import get_array_module, scatter_add
 
 # Bytes of gathered rows per chunk: small enough to stay in cache, big enough to amortise Python.
 _CHUNK_BYTES = 2 << 20
+DENSE_MAX_CHANNELS = 4       # the dense path for maps with at most this many channels ...
+DENSE_MAX_BYTES = 64 << 20   # ... whose per-RoI copies (K, C, H, W) fit in this
 
 
 def axis_taps(taps, active, grid, size):
@@ -174,4 +179,46 @@ def backward(dout, state):
             wt = xp.where(valid, w[t], 0)
             grad_cl[pix[starts[ids]]] = _gather_weighted_sum(g_cl, src[t], wt, buf)   # unique pixels
     grad = xp.ascontiguousarray(grad_cl.reshape(N, H, W, C).transpose(0, 3, 1, 2))
+    return grad
+
+
+# --- the dense path: few channels --------------------------------------------------------------------
+
+def use_dense(input_shape, num_rois, itemsize):
+    """True for few channels and small maps: two GEMMs per RoI beat a gather per tap.
+
+    Measured (mask targets: 32 RoIs of 1 x 128 x 128, adaptive grids of up to 3 x 3): taps 39 ms,
+    the reference 17 ms, dense 2 ms.
+    """
+    N, C, H, W = input_shape
+    return C <= DENSE_MAX_CHANNELS and num_rois * C * H * W * itemsize <= DENSE_MAX_BYTES
+
+
+def axis_matrix(taps, size):
+    """(K, pooled, size) dense weights from `axis_taps`' (idx, w, n): row p of RoI k holds bin p's taps."""
+    idx, w, _ = taps
+    xp = get_array_module(w)
+    K, pooled, T = idx.shape
+    A = xp.zeros(K * pooled * size, dtype=w.dtype)
+    row = (xp.arange(K * pooled) * size)[:, None]
+    scatter_add(A, (row + idx.reshape(K * pooled, T)).reshape(-1), w.reshape(-1))   # padding adds 0
+    return A.reshape(K, pooled, size)
+
+
+def forward_dense(input, batch, ytaps, xtaps, output_size):
+    """out (K, C, ph, pw) = Ay[k] @ x[batch[k], c] @ Ax[k]^T for every RoI k and channel c."""
+    N, C, H, W = input.shape
+    Ay, Ax = axis_matrix(ytaps, H), axis_matrix(xtaps, W)                # (K, ph, H), (K, pw, W)
+    out = Ay[:, None] @ input[batch] @ Ax.transpose(0, 2, 1)[:, None]      # (K, C, ph, pw)
+    return out, (batch, Ay, Ax, input.shape)
+
+
+def backward_dense(dout, state):
+    """d input (N, C, H, W): each RoI adds Ay[k]^T @ dout[k, c] @ Ax[k] to its image, channel by channel."""
+    xp = get_array_module(dout)
+    batch, Ay, Ax, shape = state
+    per_roi = Ay.transpose(0, 2, 1)[:, None] @ dout @ Ax[:, None]           # (K, C, H, W)
+    grad = xp.zeros(shape, dtype=dout.dtype)
+    for n in range(shape[0]):   # a loop over the batch's images, not over RoIs
+        grad[n] = per_roi[batch == n].sum(axis=0)
     return grad
