@@ -49,6 +49,7 @@ class TrainConfig:
     norm: str = "group_norm"            # "group_norm" trains from scratch; "frozen_bn" needs pretrained weights
     min_size: int = 128                 # input transform: short side
     max_size: int = 128                 # input transform: cap on the long side
+    mask_rois_per_image: int = 8        # positives per image that train the mask head, drawn at random (0: all)
     set: tuple = ()                     # extra model config overrides, "name=value" (see config.py, rpn.py)
     weights: str = ""                   # optional .npz of initial weights (torchvision names)
     # --- optimisation ----------------------------------------------------------------------------
@@ -83,12 +84,12 @@ PRESETS = {
         dataset="coco", data_dir="", train_split="train2017", val_split="train2017", model="small",
         backbone="resnet34", base_width=64, width=128, min_size=512, max_size=683, batch_size=2, lr=0.01,
         iterations=4000,
-        milestones=(3000, 3600), warmup_iters=200, checkpoint_every=500,
+        milestones=(3000, 3600), warmup_iters=200, checkpoint_every=500, mask_rois_per_image=0,
     ),
     "coco-r50-fpn-1x": dict(
         dataset="coco", train_split="train2017", val_split="val2017", model="resnet50_fpn", norm="group_norm",
         min_size=800, max_size=1333, batch_size=16, lr=0.02, iterations=90000, milestones=(60000, 80000),
-        warmup_iters=1000, checkpoint_every=5000, log_every=20, num_workers=4,
+        warmup_iters=1000, checkpoint_every=5000, log_every=20, num_workers=4, mask_rois_per_image=0,
     ),
 }
 
@@ -146,7 +147,7 @@ def build_optimizer(cfg: TrainConfig, model):
 
 
 def build_model(cfg: TrainConfig, num_classes: int, rng):
-    overrides = parse_overrides(cfg.set)
+    overrides = {"mask_batch_size_per_image": cfg.mask_rois_per_image, **parse_overrides(cfg.set)}
     if cfg.model == "small":
         mcfg = small_config(num_classes=num_classes, backbone=cfg.backbone, min_size=cfg.min_size,
                             max_size=cfg.max_size, width=cfg.width, norm=cfg.norm,
@@ -192,4 +193,5 @@ def config_to_json(cfg):
 def config_from_json(d):
     fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
     kw = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items() if k in fields}
+    kw.setdefault("mask_rois_per_image", 0)   # runs written before the field existed trained every positive
     return TrainConfig(**kw)

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from minimask import evaluate, predict
+from minimask.builders import build_model, config_from_json, config_to_json
 from minimask.train import Interrupted, TrainConfig, config_from_args, train
 
 TINY = dict(num_train_images=8, num_val_images=3, image_size=64, min_size=64, max_size=64, width=16,
@@ -84,6 +85,22 @@ def test_flags_come_from_the_dataclass():
     assert cfg.output_dir == ""   # runs/shapes, or the next free runs/shapes-N (rundir.py)
     coco = config_from_args(["--preset", "coco-r50-fpn-1x"])
     assert (coco.batch_size, coco.lr, coco.iterations, coco.milestones) == (16, 0.02, 90000, (60000, 80000))
+
+
+def test_mask_rois_per_image_reaches_the_model():
+    """The shapes default caps the mask head's RoIs; the COCO presets, `--set` and runs saved before the
+    field existed (config.json without it) keep the paper's every positive."""
+    rng = np.random.default_rng(0)
+    rh = lambda cfg: build_model(cfg, 4, rng).config.roi_heads.mask_batch_size_per_image  # noqa: E731
+    small = dict(width=8, base_width=8)
+    assert rh(config_from_args([]).replace(**small)) == TrainConfig.mask_rois_per_image == 8
+    assert rh(config_from_args(["--mask-rois-per-image", "0"]).replace(**small)) == 0
+    assert rh(config_from_args(["--set", "mask_batch_size_per_image=3"]).replace(**small)) == 3
+    for preset in ("coco128", "coco-r50-fpn-1x"):
+        assert config_from_args(["--preset", preset]).mask_rois_per_image == 0
+    saved = config_to_json(TrainConfig())
+    del saved["mask_rois_per_image"]
+    assert config_from_json(saved).mask_rois_per_image == 0
 
 
 def test_bad_checkpoint_is_reported(tmp_path):
