@@ -229,11 +229,10 @@ def setup(flags):
 
 
 def step(cfg, model, optimizer, scheduler, batches, rng, xp, prof):
-    """train.train's loop body, with the non-model parts timed."""
+    """train.train's loop body, with the non-model parts timed (counted only while prof.active: not in warm-up)."""
     t = time.perf_counter()
     images, targets = to_device(next(batches), xp)
     t1 = time.perf_counter()
-    prof.t["data (wait for the next batch)"] += t1 - t
     losses = model(images, targets, rng=rng)
     t2 = time.perf_counter()
     host = to_host(xp.stack([v.data.reshape(()) for v in losses.values()]))
@@ -245,17 +244,17 @@ def step(cfg, model, optimizer, scheduler, batches, rng, xp, prof):
         loss = v if loss is None else loss + v
     optimizer.zero_grad()
     t3 = time.perf_counter()
-    prof.t["losses: sum, to host, zero_grad"] += t3 - t2
     loss.backward()
     t4 = time.perf_counter()
-    prof.t["backward"] += t4 - t3
     float(to_host(clip_grad_norm_(model.parameters(), cfg.clip_grad_norm or math.inf)))
     optimizer.step()
     scheduler.step()
     t5 = time.perf_counter()
-    prof.t["optimizer (clip, SGD step, scheduler)"] += t5 - t4
-    prof.t["step"] += t5 - t
-    prof.t["forward"] += t2 - t1
+    if prof.active:
+        for key, dt in (("data (wait for the next batch)", t1 - t), ("forward", t2 - t1),
+                        ("losses: sum, to host, zero_grad", t3 - t2), ("backward", t4 - t3),
+                        ("optimizer (clip, SGD step, scheduler)", t5 - t4), ("step", t5 - t)):
+            prof.t[key] += dt
 
 
 def warm_steps(n, *objs):
