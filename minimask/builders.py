@@ -57,8 +57,8 @@ class TrainConfig:
     lr: float = 0.02                    # base learning rate (after warmup)
     momentum: float = 0.9               # SGD momentum
     weight_decay: float = 1e-4          # L2 on weights; 0 on normalisation parameters
-    iterations: int = 1200              # training iterations (batches)
-    milestones: tuple = (900, 1100)     # iterations where the LR is multiplied by `gamma`
+    iterations: int = 1600              # training iterations (batches)
+    milestones: tuple = (1200, 1450)    # iterations where the LR is multiplied by `gamma`
     gamma: float = 0.1                  # LR decay factor at each milestone
     warmup_iters: int = 100             # linear warmup length
     warmup_factor: float = 0.001        # LR multiplier at iteration 0 of the warmup
