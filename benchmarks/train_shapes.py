@@ -29,6 +29,9 @@ import threading
 import time
 from pathlib import Path
 
+from minimask.evaluate import evaluate_model
+from minimask.train import config_from_args, load_checkpoint_model
+
 TARGET_MINUTES, TARGET_SEGM_AP = 8.0, 0.68   # issue 17: the whole run, and its final segm AP (mean of 2 seeds)
 QUICK_FLAGS = ["--iterations", "8", "--num-train-images", "32", "--num-val-images", "8", "--warmup-iters", "4",
                "--milestones", "6", "--checkpoint-every", "2", "--log-every", "2"]
@@ -145,8 +148,6 @@ def checkpoint_times(run_dir: Path, offset_s: float, launch=None):
 def score_marks(run_dir: Path, offset_s: float, marks_s, dataset, batch_size, launch=None, progress=False):
     """For each mark: (mark_s, iteration, seconds from launch, {"bbox": {...}, "segm": {...}}) of the last
     checkpoint at or below it (None when no checkpoint was that early)."""
-    from minimask.evaluate import evaluate_model
-    from minimask.train import load_checkpoint_model
 
     ckpts = checkpoint_times(run_dir, offset_s, launch)
     cache, rows = {}, []
@@ -172,8 +173,6 @@ def fmt(x, spec=".3f"):
 def run_seed(seed, work: Path, train_flags, keep=False):
     """One default run in work/seed<S>: {"seed", "wall_s", "offset_s", "train_s", "eval_s", "iterations",
     "segm_AP", "bbox_AP", "images_per_s", "peak_rss_mb"} (None when the run failed)."""
-    from minimask.train import config_from_args
-
     run_dir, data_dir = work / f"seed{seed}" / "run", work / f"seed{seed}" / "shapes-data"
     flags = ["--seed", str(seed), "--output-dir", str(run_dir), "--data-dir", str(data_dir), *train_flags]
     cfg = config_from_args(flags)   # checks the flags before the long run starts
@@ -200,7 +199,6 @@ def main(argv=None):
     p.add_argument("--workdir", default=None, help="fresh folder for data and runs (default: a new temp folder)")
     p.add_argument("--keep", action="store_true", help="keep the checkpoints (the run's pictures are always kept)")
     args, train_flags = p.parse_known_args(argv)
-    from minimask.train import config_from_args
 
     seeds = [int(x) for x in args.seeds.split(",")]
     if args.quick:

@@ -49,7 +49,7 @@ class TrainConfig:
     norm: str = "group_norm"            # "group_norm" trains from scratch; "frozen_bn" needs pretrained weights
     min_size: int = 128                 # input transform: short side
     max_size: int = 128                 # input transform: cap on the long side
-    mask_rois_per_image: int = 8        # positives per image that train the mask head, drawn at random (0: all)
+    mask_rois_per_image: int = 8        # positives per image training the mask head, at random (0: all; COCO presets)
     set: tuple = ()                     # extra model config overrides, "name=value" (see config.py, rpn.py)
     weights: str = ""                   # optional .npz of initial weights (torchvision names)
     # --- optimisation ----------------------------------------------------------------------------
