@@ -76,14 +76,23 @@ def test_softmax_mask_loss_with_no_positives_is_zero_with_a_zero_gradient():
     assert float(loss.data) == 0.0 and p.grad.shape == (0, 3, 4, 4)
 
 
-def test_softmax_inference_is_the_class_probability(rng, torch):
+def test_softmax_inference_is_where_the_class_wins_the_pixel(rng, torch):
     logits = rng.standard_normal((5, 4, 6, 6)).astype(np.float32)
     labels = [np.array([1, 3]), np.array([2, 2, 1])]
     out = maskrcnn_inference_softmax(logits, labels)
-    prob = torch.softmax(torch.from_numpy(logits), dim=1).numpy()
+    winner = torch.softmax(torch.from_numpy(logits), dim=1).argmax(dim=1).numpy()   # (5, 6, 6)
     lab = np.concatenate(labels)
     assert [o.shape for o in out] == [(2, 1, 6, 6), (3, 1, 6, 6)]
-    np.testing.assert_allclose(np.concatenate(out)[:, 0], prob[np.arange(5), lab], rtol=1e-6)
+    np.testing.assert_array_equal(np.concatenate(out)[:, 0], (winner == lab[:, None, None]).astype(np.float32))
+
+
+def test_softmax_inference_keeps_a_pixel_its_class_wins_below_one_half():
+    # class 1 wins with softmax 0.4 against 0.2 each: its pixel is in the mask (a 0.5 threshold on the
+    # probability would drop it); where background wins, it is not
+    p_win, p_lose = np.log([0.2, 0.4, 0.2, 0.2]), np.log([0.4, 0.2, 0.2, 0.2])
+    logits = np.stack([p_win, p_lose], axis=1).reshape(1, 4, 1, 2).astype(np.float32)
+    (out,) = maskrcnn_inference_softmax(logits, [np.array([1])])
+    np.testing.assert_array_equal(out[0, 0], [[1.0, 0.0]])
 
 
 # ------------------------------------------------------------------------------------------------
