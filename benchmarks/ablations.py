@@ -18,7 +18,8 @@ Model:   the training CLI's `small` model (ResNet-18-FPN, group norm, width 64),
          shapes default; every arm alike, so no comparison changes: the paper's 512 sampled RoIs are the same
          kind of economy). With every positive a step costs twice as much (issue 17's profile) and only ~300
          iterations would fit. With 10 arms x 2 seeds at --jobs 2 this fits 90 minutes on a quiet
-         2-core machine by the estimate this script prints (measured per-iteration and evaluation times).
+         2-core machine: measured 58 min (2026-11-29: 54.1 min for all arms, then 4.2 min to rerun the
+         softmax arm after its masks were read by argmax); the script prints its own estimate too.
 Criterion: for a paper direction "A beats B" and a metric, the direction is REPRODUCED when mean(A) - mean(B)
          exceeds both arms' seed ranges (max - min over seeds); REVERSED when mean(B) - mean(A) does;
          otherwise INCONCLUSIVE. Needs >= 2 seeds (with one seed the ranges are 0: --quick only).
