@@ -146,6 +146,7 @@ def save_small_png(fig, path: Path, max_bytes=MAX_BYTES):
     for dpi in (90, 75, 60, 50):
         buf = io.BytesIO()
         fig.savefig(buf, format="png", dpi=dpi)
+        buf.seek(0)
         out = io.BytesIO()
         Image.open(buf).convert("RGB").quantize(colors=128).save(out, format="PNG", optimize=True)
         if out.tell() <= max_bytes:
