@@ -8,8 +8,9 @@ What:    loads each arm's trained weights, <results-dir>/runs/<arm>-s<seed>/run/
          crop of the image around the object with its outline (top row), then each arm's mask of it (a row per arm).
 Match:   an arm's mask of an object is its best-scoring detection of the object's class whose box overlaps the
          object's box with IoU >= 0.5 (COCO's loosest match), thresholded at 0.5 as COCOeval reads it; the tile
-         gives its mask IoU with the object ("missed": no such detection). The row label gives the mean over the
-         objects (a miss counts 0) — a handful of objects, so a picture, not a measurement: the APs are that.
+         gives its mask IoU with the object ("missed": no such detection; "empty, max p": a detection whose mask
+         probabilities all stay below 0.5, with their maximum). The row label gives the mean IoU over the objects
+         (a miss counts 0) — a handful of objects, so a picture, not a measurement: the APs are that.
 Output:  <results-dir>/example_masks.png, palette PNG kept under 300 KB: it is committed, so chapter 15 shows it
          where the weights are absent (a fresh clone, CI).
 Chapter: nbs/15_ablations.ipynb
@@ -70,16 +71,19 @@ def pick_objects(dataset, n, per_image=2, min_pixels=100):
 
 
 def match(det, gt_box, gt_label, gt_mask):
-    """(binary mask or None, mask IoU, score) of the best-scoring detection of the class with box IoU >= 0.5."""
+    """(binary mask or None, mask IoU, score, peak) of the best-scoring detection of the object's class whose box
+    overlaps the object's with IoU >= 0.5; peak is the largest value of its mask probabilities (a mask whose peak
+    is below 0.5 is empty when thresholded). (None, 0, 0, 0): no such detection."""
     ok = det["labels"] == gt_label
     if ok.any():
         ok &= box_iou(det["boxes"], gt_box[None])[:, 0] >= 0.5
     if not ok.any():
-        return None, 0.0, 0.0
+        return None, 0.0, 0.0, 0.0
     k = int(np.flatnonzero(ok)[np.argmax(det["scores"][ok])])
     mask = det["masks"][k, 0] >= 0.5
     gt = gt_mask > 0.5
-    return mask, float((mask & gt).sum() / max((mask | gt).sum(), 1)), float(det["scores"][k])
+    iou = float((mask & gt).sum() / max((mask | gt).sum(), 1))
+    return mask, iou, float(det["scores"][k]), float(det["masks"][k, 0].max())
 
 
 def arm_masks(model, dataset, objects):
@@ -118,15 +122,16 @@ def draw(dataset, objects, per_arm, labels=None):
         axes[0, c].imshow(image.transpose(1, 2, 0)[crop], interpolation="nearest")
         axes[0, c].set_title(f"val {i}: {names[target['labels'][j]]}", fontsize=7)
         for r, (arm, found) in enumerate(per_arm.items(), start=1):
-            mask, iou, score = found[c]
+            mask, iou, score, peak = found[c]
             ax = axes[r, c]
             ax.imshow(np.zeros(gt[crop].shape) if mask is None else mask[crop], cmap="gray", vmin=0, vmax=1,
                       interpolation="nearest")
-            ax.set_title("missed" if mask is None else f"IoU {iou:.2f}", fontsize=7, pad=2)
+            title = "missed" if mask is None else (f"empty, max p {peak:.2f}" if not mask.any() else f"IoU {iou:.2f}")
+            ax.set_title(title, fontsize=7, pad=2)
         for r in range(rows):
             axes[r, c].contour(gt[crop], levels=[0.5], colors="red", linewidths=0.8)
     for r, (arm, found) in enumerate(per_arm.items(), start=1):
-        mean = np.mean([iou for _, iou, _ in found])
+        mean = np.mean([f[1] for f in found])
         axes[r, 0].set_ylabel(f"{labels.get(arm, arm)}\nmean IoU {mean:.2f}", rotation=0, ha="right", va="center",
                               fontsize=7)
     axes[0, 0].set_ylabel("image,\nobject outline", rotation=0, ha="right", va="center", fontsize=7)
@@ -155,8 +160,18 @@ def save_small_png(fig, path: Path, max_bytes=MAX_BYTES):
     raise RuntimeError(f"{path}: no resolution fits {max_bytes} bytes")
 
 
+def summarise(per_arm):
+    """{arm: (mean mask IoU, objects missed, masks empty at 0.5, mean peak probability of the matched masks)}."""
+    out = {}
+    for arm, found in per_arm.items():
+        matched = [f for f in found if f[0] is not None]
+        out[arm] = (float(np.mean([f[1] for f in found])), len(found) - len(matched),
+                    sum(not f[0].any() for f in matched), float(np.mean([f[3] for f in matched])) if matched else 0.0)
+    return out
+
+
 def example_masks(results_dir=RESULTS_DIR, seed=0, n_objects=6, arms=None):
-    """(figure, {arm: mean mask IoU}, missing arms), or (None, {}, missing) when no arm's weights exist."""
+    """(figure, summarise(...) per arm, missing arms), or (None, {}, missing) when no arm's weights exist."""
     if arms is None:
         import importlib.util
 
@@ -172,7 +187,7 @@ def example_masks(results_dir=RESULTS_DIR, seed=0, n_objects=6, arms=None):
         objects = pick_objects(dataset, n_objects)
         per_arm = {arm: arm_masks(model, dataset, objects) for arm, model in models.items()}
         fig = draw(dataset, objects, per_arm)
-    return fig, {arm: float(np.mean([iou for _, iou, _ in v])) for arm, v in per_arm.items()}, missing
+    return fig, summarise(per_arm), missing
 
 
 def main(argv=None):
@@ -182,15 +197,16 @@ def main(argv=None):
     p.add_argument("--objects", type=int, default=6, help="how many val objects (columns)")
     p.add_argument("--out", default="", help="default: <results-dir>/example_masks.png")
     args = p.parse_args(argv)
-    fig, mean_iou, missing = example_masks(args.results_dir, args.seed, args.objects)
+    fig, summary, missing = example_masks(args.results_dir, args.seed, args.objects)
     if missing:
         print(f"no weights for {len(missing)} arms (not drawn): {', '.join(missing)}")
     if fig is None:
         sys.exit(f"no model_final.npz under {args.results_dir}/runs/*-s{args.seed}/run/: run benchmarks/ablations.py")
     out = Path(args.out or Path(args.results_dir) / "example_masks.png")
     dpi, size = save_small_png(fig, out)
-    for arm, v in mean_iou.items():
-        print(f"{arm:18s} mean mask IoU {v:.3f} over {args.objects} objects")
+    for arm, (iou, missed, empty, peak) in summary.items():
+        print(f"{arm:18s} mean mask IoU {iou:.3f} over {args.objects} objects; missed {missed}, empty at 0.5 "
+              f"{empty}; mean peak mask probability {peak:.2f}")
     print(f"wrote {out} ({size / 1e3:.0f} KB at {dpi} dpi)")
     return 0
 

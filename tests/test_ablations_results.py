@@ -62,10 +62,14 @@ def test_match_takes_the_best_scoring_detection_of_the_class_that_overlaps():
            "scores": np.array([0.99, 0.5, 0.7, 0.95], np.float32),
            "masks": np.stack([det_mask(8, 20, 8, 20), det_mask(8, 20, 8, 14), det_mask(8, 20, 8, 18),
                               det_mask(20, 30, 20, 30)])}
-    mask, iou, score = examples.match(det, np.array([8, 8, 20, 20], np.float32), 1, gt)
+    mask, iou, score, peak = examples.match(det, np.array([8, 8, 20, 20], np.float32), 1, gt)
     # the 0.99 one is of another class, the 0.95 one does not overlap: of the two left, the better-scored wins
     assert score == pytest.approx(0.7) and iou == pytest.approx(120 / 144) and mask.sum() == 120
-    assert examples.match(det, np.array([8, 8, 20, 20], np.float32), 3, gt) == (None, 0.0, 0.0)   # missed
+    assert peak == pytest.approx(0.9)
+    assert examples.match(det, np.array([8, 8, 20, 20], np.float32), 3, gt) == (None, 0.0, 0.0, 0.0)   # missed
+    det["masks"] *= 0.5                                               # probabilities 0.45: matched, but empty
+    mask, iou, _, peak = examples.match(det, np.array([8, 8, 20, 20], np.float32), 1, gt)
+    assert not mask.any() and iou == 0.0 and peak == pytest.approx(0.45)
 
 
 def test_example_masks_from_saved_models(tmp_path):
