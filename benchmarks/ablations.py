@@ -223,7 +223,7 @@ def print_tables(results, variant_note):
 
 def plot_tables(results, out_dir: Path):
     """One PNG per table in out_dir: each arm's mean (bar) and seeds (dots) beside the paper's value, per metric."""
-    from matplotlib.figure import Figure   # not pyplot: no backend chosen, nothing shown (chapter 15 calls this)
+    from matplotlib.figure import Figure  # not pyplot: no backend chosen, nothing shown (chapter 15 calls this)
 
     paths = []
     for key, (title, rows, _) in TABLES.items():

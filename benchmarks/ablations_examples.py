@@ -121,7 +121,7 @@ def draw(dataset, objects, per_arm, labels=None):
         crop = (slice(y0, y0 + CROP), slice(x0, x0 + CROP))
         axes[0, c].imshow(image.transpose(1, 2, 0)[crop], interpolation="nearest")
         axes[0, c].set_title(f"val {i}: {names[target['labels'][j]]}", fontsize=7)
-        for r, (arm, found) in enumerate(per_arm.items(), start=1):
+        for r, found in enumerate(per_arm.values(), start=1):
             mask, iou, score, peak = found[c]
             ax = axes[r, c]
             ax.imshow(np.zeros(gt[crop].shape) if mask is None else mask[crop], cmap="gray", vmin=0, vmax=1,
@@ -192,7 +192,7 @@ def example_masks(results_dir=RESULTS_DIR, seed=0, n_objects=6, arms=None):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--results-dir", default=str(RESULTS_DIR), help="the folder of ablations.py's results.json and runs/")
+    p.add_argument("--results-dir", default=str(RESULTS_DIR), help="ablations.py's folder: results.json, runs/")
     p.add_argument("--seed", type=int, default=0, help="whose weights and val images")
     p.add_argument("--objects", type=int, default=6, help="how many val objects (columns)")
     p.add_argument("--out", default="", help="default: <results-dir>/example_masks.png")
