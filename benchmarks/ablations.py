@@ -37,6 +37,8 @@ Paper:   He et al. 2017, Mask R-CNN, Table 2, mask AP / AP50 / AP75 on COCO mini
 Estimate: per arm and seed, the median measured seconds per iteration x the iterations, plus the measured
          rest of a run (model build, evaluation, pictures) scaled by the val-image ratio (an upper bound: only
          the evaluation grows with it), plus the data generation per seed at the measured seconds per image.
+Chapter: nbs/15_ablations.ipynb shows the committed results.json and table PNGs of the full run (the run's
+         weights are not committed: benchmarks/ablations_examples.py draws the example masks from them).
 """
 
 from __future__ import annotations
@@ -221,14 +223,13 @@ def print_tables(results, variant_note):
 
 
 def plot_tables(results, out_dir: Path):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    """One PNG per table in out_dir: each arm's mean (bar) and seeds (dots) beside the paper's value, per metric."""
+    from matplotlib.figure import Figure  # not pyplot: no backend chosen, nothing shown (chapter 15 calls this)
 
     paths = []
     for key, (title, rows, _) in TABLES.items():
-        fig, axes = plt.subplots(1, len(METRICS), figsize=(4.2 * len(METRICS), 3.6))
+        fig = Figure(figsize=(4.2 * len(METRICS), 3.6))
+        axes = fig.subplots(1, len(METRICS))
         for ax, (j, m) in zip(axes, enumerate(METRICS), strict=True):
             x = np.arange(len(rows))
             for i, (_, arm, paper) in enumerate(rows):
@@ -244,7 +245,6 @@ def plot_tables(results, out_dir: Path):
         fig.tight_layout()
         path = out_dir / f"table_{key}.png"
         fig.savefig(path, dpi=90)
-        plt.close(fig)
         paths.append(path)
     return paths
 

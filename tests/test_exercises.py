@@ -21,6 +21,7 @@ NBS = Path(__file__).resolve().parent.parent / "nbs"
 sys.path.insert(0, str(NBS))
 
 IDS = sorted(exercises.REGISTRY)
+CHAPTERS = sorted(int(p.name[:2]) for p in NBS.glob("[0-9][0-9]_*.ipynb"))   # every chapter, 00 to the last
 
 
 def solution(ex_id):
@@ -29,8 +30,10 @@ def solution(ex_id):
 
 
 def test_two_to_four_exercises_in_every_chapter():
-    counts = {c: len(exercises.for_chapter(c)) for c in range(15)}
+    assert CHAPTERS[:16] == list(range(16)), CHAPTERS              # chapters 00-15, none missing
+    counts = {c: len(exercises.for_chapter(c)) for c in CHAPTERS}
     assert all(2 <= n <= 4 for n in counts.values()), counts
+    assert {e.chapter for e in exercises.REGISTRY.values()} == set(CHAPTERS), "an exercise without its chapter"
 
 
 @pytest.mark.parametrize("ex_id", IDS)
@@ -335,6 +338,35 @@ def w14_2(x, w, padding):
     acc = sum(w[i, j] * flat[i * Wp + j:i * Wp + j + Ho * Wp] for i in range(kh) for j in range(kw))
     return acc.reshape(Ho, Wp)                                     # the Wp - Wout wrap-around columns kept
 
+def w15_1(x1, x2, pooled, scale):
+    a, b = round(x1 * scale), round(x2 * scale) + 1                # Python's round: half to even
+    return a + (b - a) * np.arange(pooled + 1) / pooled
+
+
+def w15_2(mask_logits, labels, mask_targets):
+    z = mask_logits - mask_logits.max(1, keepdims=True)
+    logp = z - np.log(np.exp(z).sum(1, keepdims=True))
+    own = logp[np.arange(len(labels)), labels]                      # (P, M, M): the RoI's class
+    return float(-own[mask_targets >= 0.5].mean())                 # background pixels skipped
+
+
+def w15_3(better, worse):
+    d = np.mean(better) - np.mean(worse)
+    sb, sw = np.std(better), np.std(worse)                         # std instead of the range
+    if d > sb and d > sw:
+        return "REPRODUCED"
+    return "REVERSED" if -d > sb and -d > sw else "INCONCLUSIVE"
+
+
+def w15_4(feature, box, p, q, pooled, grid, aggregation):
+    from minimask.roi_align import bilinear_interpolate
+    x1, y1, x2, y2 = box
+    bh, bw = (y2 - y1) / pooled, (x2 - x1) / pooled
+    ys = y1 - 0.5 + p * bh + (np.arange(grid) + 0.5) * bh / grid
+    xs = x1 - 0.5 + q * bw + (np.arange(grid) + 0.5) * bw / grid
+    return bilinear_interpolate(feature, ys[:, None], xs[None, :]).reshape(len(feature), -1).mean(1)   # always avg
+
+
 WRONG_ANSWERS = {
     "00.1": (w00_1, "sign error"), "00.2": (w00_2, "repeated index"), "00.3": (w00_3, "not summed"),
     "01.1": (w01_1, "off-by-one"), "01.2": (w01_2, "flipped kernel"), "01.3": (w01_3, "first image"),
@@ -352,6 +384,8 @@ WRONG_ANSWERS = {
     "12.3": (w12_3, "its own norm"),
     "13.1": (w13_1, "centre"), "13.2": (w13_2, "crowd"), "13.3": (w13_3, "monotone"),
     "14.1": (w14_1, "transposed"), "14.2": (w14_2, "wrap-around columns kept"),
+    "15.1": (w15_1, "half to even"), "15.2": (w15_2, "no background"), "15.3": (w15_3, "standard deviation"),
+    "15.4": (w15_4, "always the mean"),
 }
 
 
@@ -441,11 +475,34 @@ def test_coco_ap_reference_matches_cocoeval():
     assert coco_value == pytest.approx(_coco_ap_ref(tp / len(gts), tp / (tp + fp)), abs=1e-12)
 
 
+def test_verdict_reference_is_the_benchmarks_criterion():
+    """Exercise 15.3's reference says what benchmarks/ablations.py's `verdict` says, on its probes and on random
+    seed values (two or three seeds per arm, some exactly tied at a range)."""
+    import importlib.util
+
+    from minimask.exercises.ablations import VERDICT_PROBES, _verdict_ref
+
+    spec = importlib.util.spec_from_file_location("ablations", NBS.parent / "benchmarks" / "ablations.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    rng = np.random.default_rng(15)
+    cases = list(VERDICT_PROBES) + [(list(rng.integers(0, 8, n) / 2), list(rng.integers(0, 8, n) / 2))
+                                    for n in (2, 3) for _ in range(200)]
+    seen = set()
+    for better, worse in cases:
+        runs = {f"a/{i}": {"arm": "a", "AP": v} for i, v in enumerate(better)}
+        runs.update({f"b/{i}": {"arm": "b", "AP": v} for i, v in enumerate(worse)})
+        want = bench.verdict({"runs": runs}, "a", "b", "AP")[0]
+        assert _verdict_ref(better, worse) == want, (better, worse)
+        seen.add(want)
+    assert seen == {"REPRODUCED", "REVERSED", "INCONCLUSIVE"}
+
+
 # ------------------------------------------------------------------------------------------------
 # the chapters ship the exercises as stubs, each followed by its checker call
 # ------------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("chapter", range(15), ids=[f"ch{c:02d}" for c in range(15)])
+@pytest.mark.parametrize("chapter", CHAPTERS, ids=[f"ch{c:02d}" for c in CHAPTERS])
 def test_chapter_ships_its_exercises_as_stubs(chapter):
     import re
 

@@ -433,6 +433,49 @@ each times one weight (section 2); no `im2col`.""",
 
 
 exercises.check("14.2", shifted_conv_channel)'''),
+    "15.1": ("""### Exercise 15.1 — RoIWarp's bins
+
+RoIWarp (Table 2c) snaps the box to whole map cells exactly as RoIPool does — each corner times `spatial_scale`,
+rounded half *away from zero* (C's `round`), both end cells included — and then cuts the snapped box into
+`pooled` **equal** bins. Along one axis, for a box from `x1` to `x2` image pixels, return the `pooled + 1` bin
+edges in map cells (cell `i` covers `[i, i + 1)`). Try `x1 = 40, x2 = 100` at stride 16 by hand first.""",
+             '''def roi_warp_bin_edges(x1, x2, pooled, spatial_scale):
+    raise NotImplementedError      # (pooled + 1,) array
+
+
+exercises.check("15.1", roi_warp_bin_edges)'''),
+    "15.2": ("""### Exercise 15.2 — the multinomial mask loss (Table 2b)
+
+`mask_logits (P, K, M, M)` with channel 0 for background, `labels (P,)` in `1..K-1`, `mask_targets (P, M, M)` in
+`[0, 1]`. Every pixel is one K-way classification: its target class is the RoI's label where the target is
+`>= 0.5`, background (0) elsewhere. Return the mean over all `P * M * M` pixels of `-log softmax(logits)[target]`
+(section 3) — a plain NumPy number, no tape.""",
+             '''def softmax_mask_loss(mask_logits, labels, mask_targets):
+    raise NotImplementedError      # a float
+
+
+exercises.check("15.2", softmax_mask_loss)'''),
+    "15.3": ("""### Exercise 15.3 — the verdict of one direction
+
+The benchmark's criterion (section 5): the paper says arm A beats arm B. Given A's values over the seeds
+(`better`) and B's (`worse`), return `"REPRODUCED"` when the difference of the means exceeds **both** arms' seed
+ranges (max − min), `"REVERSED"` when B's lead does, and `"INCONCLUSIVE"` otherwise.""",
+             '''def direction_verdict(better, worse):
+    raise NotImplementedError      # "REPRODUCED" | "REVERSED" | "INCONCLUSIVE"
+
+
+exercises.check("15.3", direction_verdict)'''),
+    "15.4": ("""### Exercise 15.4 — one bin, average or max (Table 2c)
+
+RoIAlign with `aligned=True`, `spatial_scale = 1` and `grid × grid` samples per bin, on a `feature (C, H, W)`:
+return bin `(p, q)` of the `pooled × pooled` output for `box = (x1, y1, x2, y2)`, as a `(C,)` array — the mean of
+the bin's bilinear samples for `aggregation="avg"`, their maximum for `"max"`. You may use
+`minimask.roi_align.bilinear_interpolate(feature, y, x)` (chapter 07).""",
+             '''def roi_align_bin(feature, box, p, q, pooled, grid, aggregation):
+    raise NotImplementedError      # (C,)
+
+
+exercises.check("15.4", roi_align_bin)'''),
 }
 
 

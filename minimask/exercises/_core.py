@@ -92,7 +92,9 @@ def _call(fn, *args, **kwargs):
 
 
 def _same(a, b, rtol=1e-6, atol=1e-9):
-    """Structural closeness: arrays (same shape), numbers, None, and tuples/lists of them."""
+    """Structural closeness: arrays (same shape), numbers, None, strings (equal), and tuples/lists of them."""
+    if isinstance(a, str) or isinstance(b, str):
+        return isinstance(a, str) and isinstance(b, str) and a == b
     if isinstance(a, (tuple, list)) or isinstance(b, (tuple, list)):
         if not isinstance(a, (tuple, list)) or not isinstance(b, (tuple, list)) or len(a) != len(b):
             return False
@@ -116,6 +118,8 @@ def _shape(a):
 
 def _difference(got, want):
     """A short description of how `got` differs from `want`."""
+    if isinstance(want, str) or isinstance(got, str):
+        return f"expected {want!r}, got {got!r}"
     if isinstance(want, (tuple, list)):
         if not isinstance(got, (tuple, list)) or len(got) != len(want):
             return f"expected {len(want)} outputs {_shape(want)}, got {_shape(got)}"
