@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 
 import minimask
-from minimask import distributed
+from minimask import distributed, evaluate
 from minimask.data import CocoDataset, shapes_paths
 from minimask.matching import BalancedPositiveNegativeSampler, subsample_labels
 from minimask.module import Parameter, load_state_file
@@ -289,6 +289,14 @@ def test_train_cli_on_two_ranks_resumes_and_refuses_another_count(tmp_path, caps
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert proc.stdout.count("resumed from") == 1
     assert [r["iteration"] for r in _rows(out)] == [1, 2, 3, 4, 5, 6, 7]
+
+    ckpt = str(out / "checkpoint_0000007.npz")                            # the evaluation CLI on 2 ranks
+    proc = run_ranks(2, ["-m", "minimask.evaluate", "--checkpoint", ckpt, "--output-dir", str(tmp_path / "ev2"),
+                         "--limit", "5"], cwd=tmp_path)
+    assert proc.returncode == 0 and proc.stdout.count("segm AP") == 1, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert evaluate.main(["--checkpoint", ckpt, "--output-dir", str(tmp_path / "ev1"), "--limit", "5"]) == 0
+    for name in ("metrics.json", "results.json"):
+        assert (tmp_path / "ev2" / name).read_text() == (tmp_path / "ev1" / name).read_text(), name
 
     capsys.readouterr()
     assert run_cli(main, _flags(data, out, 9) + ["--resume"]) == 2       # one process: refused, nothing run
