@@ -5,12 +5,14 @@ for the all-reduce, training steps and the parallel evaluation, `python -m minim
 They are skipped, saying so, only when the `mpi` extra (mpi4py and MPICH's mpiexec) is absent.
 
 Tolerances. A 2-rank step sums each gradient in a different order from the 1-rank step (two shards'
-sums all-reduced, float32), and the batch-of-2 GEMMs may block differently from the batch-of-4: the
-gradients and the weights after 4 steps agree to 1e-5 of each tensor's largest entry (measured: 1.5e-6
-and 3.4e-6). The parallel evaluation of one set of weights runs the same batches through the same
+sums all-reduced, float32), and the batch-of-2 GEMMs may block differently from the batch-of-4: each of
+4 steps' gradients, new weights and updates agree with the one-process step from the same state to 1e-5
+of each tensor's largest entry. The parallel evaluation of one set of weights runs the same batches through the same
 arithmetic: equal exactly. Training amplifies last-bit differences about tenfold per step after the
-first few (one process with the engines off drifts from one with them on the same way: chapter 16),
-so the CLI runs are compared over 5 iterations, where they agree to 6e-7 (drift shows from iteration 7).
+first few (one process with the engines off drifts from one with them on the same way: chapter 16):
+a last-bit difference flips a discrete choice (a binarised mask target at exactly 0.5 above all, then a
+top-k cut or an IoU threshold) and the flip grows. So the models here train on soft mask targets and
+the CLI runs are compared over 5 iterations: they agree to 6e-7, engines on or off (MINIMASK_REFERENCE=1).
 """
 
 import importlib.util
@@ -36,8 +38,11 @@ sys.path.insert(0, str(Path(__file__).parent))
 import distributed_worker as worker  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
+# soft mask targets (set=...): binarised ones threshold RoIAligned masks at 0.5, the discrete choice a last-bit
+# difference flips most easily (chapter 16); with them the runs below drift apart from iteration ~4 on some setups
 TINY = dict(num_train_images=8, num_val_images=5, image_size=64, min_size=64, max_size=64, width=16, base_width=16,
-            batch_size=4, milestones=(100,), warmup_iters=2, log_every=1, eval_limit=2, num_workers=1)
+            batch_size=4, milestones=(100,), warmup_iters=2, log_every=1, eval_limit=2, num_workers=1,
+            set=("mask_target_binarize=False",))
 
 
 def _mpiexec():
@@ -217,26 +222,26 @@ def _assert_close(a, b, name, tol=1e-5):
 
 @needs_mpi
 def test_two_rank_steps_equal_one_rank_steps_on_the_union_batch(two_ranks, one_rank):
+    """4 steps; before each, rank 0 also takes the step as one process on the whole batch from the same
+    weights and optimizer state (distributed_worker.train_steps(lockstep=True)); each step's summed
+    gradients, new weights and weight updates equal that step's. (Comparing two free-running runs instead
+    would compare where training amplified last-bit differences: chapter 16.)"""
     out, report = two_ranks
-    model, first_grads, log = one_rank
-    assert report["same_weights"]                          # every rank holds the same weights
+    assert report["same_weights"]                          # every rank holds the same weights after 4 steps
+    assert [r["images"] for r in report["log"]] == [2, 2, 2, 0]   # rank 0 sat the last step out: zeros
+    steps = report["lockstep"]
+    assert len(steps) == len(worker.BATCHES) and all(s["same_keys"] for s in steps)
+    for it, s in enumerate(steps, start=1):
+        # to 1e-5 of each tensor's largest entry; an update is known only to the float32 spacing of its weight
+        assert max(s["grads"], s["weights"], s["updates_to_spacing"]) <= 1e-5, (it, s)
+    # step 1 also against this process's own run (the worker's reference is not the only witness)
+    _, first_grads, log, _ = one_rank
     got = np.load(out / "first_grads.npz")
     assert set(got.files) == set(first_grads)
-    for k, g in first_grads.items():                       # step 1: the summed gradients
+    for k, g in first_grads.items():
         _assert_close(got[k], g, k)
-    weights = load_state_file(out / "weights.npz")         # after 4 steps: the weights ...
-    init = {k: p.data for k, p in worker.tiny_model(model.config.num_classes).named_parameters()}
-    for k, p in model.named_parameters():
-        _assert_close(weights[k], p.data, k)
-        # ... and what the steps changed, to 1e-5 of the largest change; a change is known only to the float32
-        # spacing of the weight it was added to (e.g. 1.2e-7 for a GroupNorm scale near 1): that much more
-        update, want = weights[k] - init[k], p.data - init[k]
-        atol = 1e-5 * float(np.abs(want).max()) + float(np.spacing(np.abs(p.data).max()))
-        np.testing.assert_allclose(update, want, rtol=0, atol=atol, err_msg=k + " (update)")
-    assert [r["images"] for r in report["log"]] == [2, 2, 2, 0]   # rank 0 sat the last step out: zeros
-    for it, (a, b) in enumerate(zip(report["log"], log, strict=True)):
-        np.testing.assert_allclose(a["losses"], b["losses"], rtol=1e-5, err_msg=f"step {it + 1}")
-        assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-5)
+    np.testing.assert_allclose(report["log"][0]["losses"], log[0]["losses"], rtol=1e-5)
+    assert report["log"][0]["grad_norm"] == pytest.approx(log[0]["grad_norm"], rel=1e-5)
 
 
 @needs_mpi
