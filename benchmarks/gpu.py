@@ -21,7 +21,10 @@ Prints one table:
       minimask.backend.track_device_memory; torch.cuda.max_memory_allocated). Targets: train step
       <= 3x torchvision's time and <= 1.5x its memory;
   (c) the shapes main job (`python -m minimask.train --device cuda`) for --shapes-minutes minutes:
-      iterations, images/s while training, segm AP on the val split.
+      iterations, images/s while training, segm AP on the val split;
+  (d) the data-parallel gradient all-reduce through NCCL (minimask.distributed), one rank on the one
+      GPU: ResNet-50-FPN's gradients bucketed, summed in place, unflattened; time per step (a real
+      multi-rank run needs one GPU per rank: `mpiexec -n N`). Skipped on the stand-in device.
 --smoke runs the same code on small sizes: for a CPU-only check with MINIMASK_FAKE_CUDA=1 (torch on
 the CPU then), so the script is never dead code. Timings of --smoke mean nothing.
 """
@@ -221,6 +224,40 @@ def run_shapes(minutes, smoke, workdir):
 
 
 # ------------------------------------------------------------------------------------------------
+# (d) the gradient all-reduce through NCCL, one rank
+# ------------------------------------------------------------------------------------------------
+
+def run_nccl(xp, repeat):
+    """distributed.sum_in_buckets — the path `allreduce_gradients` takes under mpiexec — with NCCL's
+    all-reduce on ONE rank (one GPU: a multi-rank NCCL run needs one GPU per rank): ResNet-50-FPN
+    Mask R-CNN's gradients, bucketed, summed in place, unflattened; a 1-rank sum leaves them unchanged."""
+    import numpy as np
+
+    from minimask import distributed
+    from minimask.builders import build_model
+    from minimask.train import config_from_args
+
+    if getattr(xp, "__name__", "") != "cupy":
+        return {"skipped": "needs CuPy's NCCL on a real GPU (not the stand-in device)"}
+    model = build_model(config_from_args(["--preset", "coco-r50-fpn-1x", "--device", "cuda"]), 81,
+                        np.random.default_rng(0))
+    params = [p for p in model.parameters() if p.requires_grad]
+    for p in params:
+        p.grad = p.data * 2 + 1
+    want = [p.grad.copy() for p in params]
+    nccl = distributed.NCCL(0, 1, lambda uid: uid)    # rank 0 of 1: the id needs no broadcast
+    times, nbytes = [], 0
+    for _ in range(repeat + 1):                        # the first call creates NCCL's channels: not timed
+        xp.cuda.get_current_stream().synchronize()
+        t0 = time.perf_counter()
+        nbytes = distributed.sum_in_buckets(params, nccl.allreduce_sum_)
+        xp.cuda.get_current_stream().synchronize()
+        times.append(time.perf_counter() - t0)
+    same = all(bool((p.grad == w).all()) for p, w in zip(params, want, strict=True))
+    return {"mb": nbytes / 2**20, "buckets": len(distributed.buckets(params)), "s": min(times[1:]), "same": same}
+
+
+# ------------------------------------------------------------------------------------------------
 
 def _fmt(v, unit=""):
     return "-" if v is None or v != v else f"{v:.3g}{unit}"
@@ -233,7 +270,7 @@ def main(argv=None):
     p.add_argument("--size", default=None, help="H,W of the two images of (b) (default 800,1088; smoke 96,128)")
     p.add_argument("--repeat", type=int, default=None, help="timed runs after the warm-up (default 2; smoke 1)")
     p.add_argument("--shapes-minutes", type=float, default=None, help="(c) training time (default 2; smoke 0.1)")
-    p.add_argument("--skip", default="", help="comma-separated parts to skip: a,b,c")
+    p.add_argument("--skip", default="", help="comma-separated parts to skip: a,b,c,d")
     args = p.parse_args(argv)
     t_start = time.perf_counter()
     site = ensure_dependencies(args.wheels)
@@ -279,6 +316,12 @@ def main(argv=None):
             c = run_shapes(minutes, args.smoke, work)
         rows.append(("(c) shapes main job", f"{c['iterations']} iterations in {c['train_s']:.0f} s: "
                      f"{c['images_per_s']:.1f} images/s", f"segm AP {c['segm_AP']:.3f} (bbox {c['bbox_AP']:.3f})"))
+    if "d" not in skip:
+        print("(d) NCCL gradient all-reduce, 1 rank ...", flush=True)
+        d = run_nccl(xp, repeat)
+        rows.append(("(d) NCCL all-reduce, 1 rank", d.get("skipped") or
+                     f"ResNet-50-FPN gradients {d['mb']:.0f} MB in {d['buckets']} buckets: {d['s'] * 1e3:.1f} ms",
+                     "" if "skipped" in d else ("sums unchanged (1 rank)" if d["same"] else "SUMS CHANGED: FAIL")))
     print(f"\nminimask GPU benchmark: {device}{' [--smoke: timings mean nothing]' if args.smoke else ''}")
     w0 = max(len(r[0]) for r in rows) if rows else 0
     w1 = max(len(r[1]) for r in rows) if rows else 0

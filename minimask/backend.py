@@ -187,6 +187,15 @@ def make_rng(seed=None, xp=np):
     return xp.random.default_rng(seed)
 
 
+def nccl_module():
+    """`cupy.cuda.nccl`, NCCL through CuPy: distributed.py sums device gradients over GPUs with it."""
+    if _import_cupy() is None:
+        raise RuntimeError("NCCL needs CuPy and a CUDA device (pip install 'minimask[gpu-cuda12]' or 'gpu-cuda13')")
+    from cupy.cuda import nccl
+
+    return nccl
+
+
 def synchronize(xp):
     """Wait for the device to finish (for timing); a no-op for NumPy."""
     if xp is not np:

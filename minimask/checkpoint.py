@@ -1,7 +1,7 @@
 """Checkpoints on disk: written atomically, read back whole, and refused with the file's name.
 
 Files:   checkpoint_<iteration:07d>.npz holds `model.*` (torchvision names), `optimizer.*`,
-         `scheduler.*` and `meta`, a JSON string {format, iteration, rng, config, class_names}.
+         `scheduler.*` and `meta`, a JSON string {format, iteration, rng, config, class_names, world_size}.
          model_final.npz holds the model's arrays under their plain names (it loads into a model as
          it is, e.g. with --weights) plus the same `meta`, so evaluate and predict can rebuild the model.
 Atomic:  `module.save_state_dict` writes `.tmp-XXXXXXXX.npz` beside the target, then renames it: a
@@ -51,10 +51,12 @@ def _unflat(prefix, state):
     return {k[n:]: v for k, v in state.items() if k.startswith(prefix + ".")}
 
 
-def save_checkpoint(path, model, optimizer, scheduler, iteration, rng, config: dict, class_names):
-    """model.*, optimizer.*, scheduler.* arrays plus a JSON `meta` string, in one atomic .npz."""
+def save_checkpoint(path, model, optimizer, scheduler, iteration, rng, config: dict, class_names, world_size=1):
+    """model.*, optimizer.*, scheduler.* arrays plus a JSON `meta` string, in one atomic .npz.
+
+    world_size: the processes training together (distributed.py); --resume needs as many."""
     meta = {"format": CHECKPOINT_FORMAT, "iteration": int(iteration), "rng": rng.bit_generator.state,
-            "config": config, "class_names": list(class_names)}
+            "config": config, "class_names": list(class_names), "world_size": int(world_size)}
     state = {**_flat("model", model.state_dict()), **_flat("optimizer", optimizer.state_dict()),
              **_flat("scheduler", scheduler.state_dict()), "meta": np.array(json.dumps(meta))}
     save_state_dict(state, path)

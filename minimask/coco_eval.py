@@ -21,6 +21,7 @@ from pycocotools.cocoeval import COCOeval
 from tqdm import tqdm
 
 from .backend import module_of, to_device, to_host
+from .distributed import shard
 from .tape import no_grad
 
 STAT_NAMES = [
@@ -51,25 +52,35 @@ def detections_to_coco(detection, image_id, label_to_cat_id, mask_threshold=0.5)
     return results
 
 
-def predict_dataset(model, dataset, batch_size=2, progress=True, limit=None):
+def predict_dataset(model, dataset, batch_size=2, progress=True, limit=None, comm=None):
     """Run `model` (eval mode) over `dataset`; returns the list of COCO result dicts.
 
     Each batch of images is uploaded once to the model's device; the detections come back to the
     host (for COCOeval) in `detections_to_coco`.
+    comm (distributed.py): with several processes each predicts a contiguous share of the batches —
+    whole batches of the one-process order, so every image is padded with the same neighbours — and
+    rank 0 gathers the results in that order (the one-process list exactly); the others get None.
     """
 
     model.eval()
     xp = module_of(model)
     n = len(dataset) if limit is None else min(limit, len(dataset))
+    starts = list(range(0, n, batch_size))
+    if comm is not None:
+        starts = shard(starts, comm.rank, comm.size)
     results = []
+    lead = comm is None or comm.rank == 0
     with no_grad():
-        for start in tqdm(range(0, n, batch_size), desc="evaluate", disable=not progress, unit="batch"):
+        for start in tqdm(starts, desc="evaluate", disable=not (progress and lead), unit="batch"):
             idx = list(range(start, min(n, start + batch_size)))
             images = to_device([dataset[i][0] for i in idx], xp)
             outputs = model(images)
             for i, det in zip(idx, outputs, strict=True):
                 results.extend(detections_to_coco(det, dataset.ids[i], dataset.label_to_cat_id))
-    return results
+    if comm is None or comm.size == 1:
+        return results
+    gathered = comm.gather(results)   # rank order = batch order
+    return [r for part in gathered for r in part] if lead else None
 
 
 def coco_evaluate(coco_gt, results, image_ids, iou_types=("bbox", "segm"), verbose=True):
@@ -109,10 +120,15 @@ def _quiet(fn, *args):
         return fn(*args)
 
 
-def evaluate_model(model, dataset, batch_size=2, out_dir=None, progress=True, verbose=True, limit=None):
+def evaluate_model(model, dataset, batch_size=2, out_dir=None, progress=True, verbose=True, limit=None, comm=None):
     """Predict on every image of `dataset`, run COCOeval for bbox and segm, and optionally write
-    `results.json` (detections) and `metrics.json` (the 12 numbers per task) into `out_dir`."""
-    results = predict_dataset(model, dataset, batch_size=batch_size, progress=progress, limit=limit)
+    `results.json` (detections) and `metrics.json` (the 12 numbers per task) into `out_dir`.
+
+    comm (distributed.py): the processes share the predictions (`predict_dataset`); rank 0 alone
+    runs COCOeval and writes, and every rank returns its metrics."""
+    results = predict_dataset(model, dataset, batch_size=batch_size, progress=progress, limit=limit, comm=comm)
+    if comm is not None and comm.rank != 0:
+        return comm.bcast(None)
     n = len(dataset) if limit is None else min(limit, len(dataset))
     metrics = coco_evaluate(dataset.coco, results, dataset.ids[:n], verbose=verbose)
     if out_dir is not None:
@@ -120,4 +136,4 @@ def evaluate_model(model, dataset, batch_size=2, out_dir=None, progress=True, ve
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "results.json").write_text(json.dumps(results))
         (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    return metrics
+    return metrics if comm is None else comm.bcast(metrics)

@@ -36,6 +36,7 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
 from .coco_check import report, resize_problem, validate_coco
+from .distributed import shard
 from .errors import MinimaskError
 
 BOX_TOLERANCE = 1.0  # pixels a COCO box may stick out of its image before it counts as inconsistent
@@ -286,12 +287,15 @@ class DataLoader:
     The order of epoch e is `grouped_batches(..., rng=default_rng([seed, e]))`, and whether item i
     of epoch e is flipped is drawn from `default_rng([seed, e, i])`: both depend on nothing else,
     so `batches(start=k)` resumes an interrupted run exactly.
+    `rank`, `world_size`: a process of a data-parallel run loads only its contiguous share of each
+    batch (`distributed.shard`; `batch_size` is the global batch, every rank follows the same order).
     """
 
     def __init__(self, dataset, batch_size=2, shuffle=True, flip_prob=0.0, seed=0, num_workers=2, prefetch=4,
-                 aspect_ratio_grouping=True, drop_last=False):
+                 aspect_ratio_grouping=True, drop_last=False, rank=0, world_size=1):
         self.dataset = dataset
         self.batch_size = batch_size
+        self.rank, self.world_size = rank, world_size
         self.shuffle = shuffle
         self.flip_prob = flip_prob
         self.seed = seed
@@ -333,7 +337,7 @@ class DataLoader:
                 epoch += 1
                 continue
             for b in batches[max(0, start_batch - skipped):]:
-                yield epoch, b
+                yield epoch, shard(b, self.rank, self.world_size)   # this process's share (all of it in one)
             skipped += len(batches)
             epoch += 1
 

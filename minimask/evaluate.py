@@ -4,6 +4,7 @@ Writes results.json (detections in COCO's results format) and metrics.json (COCO
 for bbox and segm) beside the checkpoint, in eval/, unless --output-dir says otherwise.
 
     python -m minimask.evaluate --checkpoint runs/shapes/model_final.npz
+    mpiexec -n 2 python -m minimask.evaluate ...   # the images shared by 2 processes: the same numbers
 Chapter: nbs/13_coco_data_and_evaluation.ipynb
 """
 
@@ -23,6 +24,7 @@ from .coco_eval import (  # noqa: F401  (re-exported: the chapters and tests imp
     evaluate_model,
     predict_dataset,
 )
+from .distributed import lead_first, one_fails_all_fail, select_device, world
 from .errors import run_cli
 from .fast.host import keep_freed_host_memory
 from .rundir import output_folder
@@ -47,20 +49,26 @@ def main(argv=None):
         print(f"error: {e}", file=sys.stderr)
         return 2
     keep_freed_host_memory()
-    model, cfg = load_checkpoint_model(args.checkpoint, device=args.device)
-    track_device_memory(module_of(model))
-    if args.data_dir:
-        cfg = cfg.replace(data_dir=args.data_dir)
-    dataset = build_dataset(cfg, args.split or cfg.val_split)
-    dataset.check_sizes(model.config.transform.min_size, model.config.transform.max_size)
-    out_dir = args.output_dir or Path(args.checkpoint).parent / "eval"
-    outputs = output_folder(out_dir)   # never written over a file minimask did not write
-    for name in ("results.json", "metrics.json"):
-        outputs.file(name)
-    metrics = evaluate_model(model, dataset, batch_size=args.batch_size, out_dir=out_dir, limit=args.limit)
-    print(f"\nbbox AP {metrics['bbox']['AP']:.3f}   segm AP {metrics['segm']['AP']:.3f}   -> {out_dir}")
-    if args.device == "cuda":
-        print(describe_device_memory(module_of(model)))
+    comm = world()   # under mpiexec the ranks share the images; rank 0 scores and writes
+    with one_fails_all_fail(comm):
+        select_device(comm, device_module(args.device))
+        model, cfg = load_checkpoint_model(args.checkpoint, device=args.device)
+        track_device_memory(module_of(model))
+        if args.data_dir:
+            cfg = cfg.replace(data_dir=args.data_dir)
+        dataset = lead_first(comm, lambda: build_dataset(cfg, args.split or cfg.val_split))   # shapes: made once
+        dataset.check_sizes(model.config.transform.min_size, model.config.transform.max_size)
+        out_dir = args.output_dir or Path(args.checkpoint).parent / "eval"
+        if comm.rank == 0:
+            outputs = output_folder(out_dir)   # never written over a file minimask did not write
+            for name in ("results.json", "metrics.json"):
+                outputs.file(name)
+        metrics = evaluate_model(model, dataset, batch_size=args.batch_size, out_dir=out_dir, limit=args.limit,
+                                 verbose=comm.rank == 0, comm=comm)
+    if comm.rank == 0:
+        print(f"\nbbox AP {metrics['bbox']['AP']:.3f}   segm AP {metrics['segm']['AP']:.3f}   -> {out_dir}")
+        if args.device == "cuda":
+            print(describe_device_memory(module_of(model)))
     return 0
 
 

@@ -4,7 +4,8 @@ Shapes:  match quality (G, R): IoU of G ground-truth boxes with R anchors; match
          labels (R,) float32 in {1: foreground, 0: background, -1: ignored}
 Matches: a gt index >= 0, or BELOW_LOW_THRESHOLD = -1 (IoU < low: background) or
          BETWEEN_THRESHOLDS = -2 (low <= IoU < high: neither, ignored by the loss), as torchvision
-Random:  the sampler takes a NumPy `Generator`; it runs on the host (see `subsample_labels`)
+Random:  the sampler takes a NumPy `Generator`, or a list of one per image (`per_image`); it runs on
+         the host (see `subsample_labels`)
 Chapter: nbs/05_rpn.ipynb    Paper: Faster R-CNN Sec. 3.1.2 (thresholds 0.7 / 0.3, 256 anchors, 1:1)
 """
 
@@ -119,12 +120,29 @@ def subsample_labels(labels, num_samples, positive_fraction, rng, bg_label=0):
     return to_device(pos.astype(np.int64), xp), to_device(neg.astype(np.int64), xp)
 
 
+def per_image(rng, n):
+    """One generator per image of a batch of `n`: the list itself when `rng` is one (checked), else
+    [rng] * n.
+
+    A single Generator is one stream the images draw from in turn (image 0's anchors, then image
+    1's, ...), as minimask always did: the same draws as before. A list of independent per-image
+    generators (train.py keys them by seed, iteration and image id) makes each image's samples a
+    function of that image alone, so a batch split across processes samples exactly what the whole
+    batch samples in one (distributed.py).
+    """
+    if isinstance(rng, (list, tuple)):
+        if len(rng) != n:
+            raise ValueError(f"{len(rng)} random generators for a batch of {n} images (one per image)")
+        return list(rng)
+    return [rng] * n
+
+
 def sampled_indices(sampler, labels, rng):
     """Per image (pos_idx, neg_idx), sorted int64 host arrays, from `sampler`.
 
     `BalancedPositiveNegativeSampler.sample` gives them directly (one host copy per call). Any other
     sampler with torchvision's interface (`sampler(labels, rng)` -> bool masks) works too, its masks
-    read back per image.
+    read back per image. rng: a Generator or one per image (`per_image`).
     """
     if hasattr(sampler, "sample"):
         return sampler.sample(labels, rng)
@@ -148,17 +166,18 @@ class BalancedPositiveNegativeSampler:
         """Per image, the sampled (pos_idx, neg_idx): sorted int64 NumPy arrays on the host.
 
         The labels of every image come to the host in one copy (one sync per call, not per image);
-        the draws are `subsample_labels`' exactly, image after image, from the same `rng`.
+        the draws are `subsample_labels`' exactly, image after image, each from its generator
+        (`rng`: one Generator for all, or a list of one per image, see `per_image`).
         """
         if not labels:
             return []
         xp = get_array_module(*labels)
         host = to_host(xp.concatenate([lab.reshape(-1) for lab in labels])) if xp is not np else None
         out, start = [], 0
-        for lab in labels:
+        for lab, rng_i in zip(labels, per_image(rng, len(labels)), strict=True):
             part = lab if host is None else host[start:start + lab.shape[0]]
             start += lab.shape[0]
-            out.append(subsample_labels(part, self.batch_size_per_image, self.positive_fraction, rng))
+            out.append(subsample_labels(part, self.batch_size_per_image, self.positive_fraction, rng_i))
         return out
 
     def __call__(self, labels, rng):

@@ -31,8 +31,14 @@ class MaskRCNN(Module):
 
     model.train(); losses = model(images, targets, rng=rng)   # dict of five scalar Tensors
     model.eval();  detections = model(images)                 # list of dicts of arrays
+    `rng=`: every random choice (multi-scale size, anchor and RoI sampling, the mask-RoI subset)
+    draws from it: one Generator, the images in turn; or a list of one Generator per image, each
+    image drawing from its own (what makes a batch split over processes sample as the whole batch;
+    see matching.per_image and distributed.py).
     `proposals=` (a list of (R_i, 4) arrays) replaces the RPN's proposals: for tests and for the
     torchvision parity check (the RPN still computes its losses in training).
+    `loss_counts`, after a training forward: what each loss was a mean over (host ints; the sampled
+    anchors, the sampled RoIs, the mask pixels), for distributed.global_losses.
     Chapter: nbs/11_mask_rcnn.ipynb
     """
 
@@ -48,6 +54,7 @@ class MaskRCNN(Module):
         self.rpn = RegionProposalNetwork(cfg.rpn, in_channels=b.out_channels, rng=rng)
         self.roi_heads = RoIHeads(cfg.num_classes, cfg.roi_heads, in_channels=b.out_channels, rng=rng)
         self.rng = rng   # sampling (RoIs, anchors, multi-scale) draws from here unless forward gets one
+        self.loss_counts = {}
 
     def forward(self, images, targets=None, rng=None, proposals=None):
         rng = rng if rng is not None else self.rng
@@ -68,6 +75,7 @@ class MaskRCNN(Module):
             proposals = rpn_proposals           # plain arrays: no gradient flows back into the RPN
         detections, roi_losses = self.roi_heads(features, proposals, image_sizes, targets, rng=rng)
         if self.training:
+            self.loss_counts = {**self.rpn.loss_counts, **self.roi_heads.loss_counts}
             return {**rpn_losses, **roi_losses}
         return self.transform.postprocess(detections, image_sizes, original_sizes)
 

@@ -21,7 +21,7 @@ from .config import RoIHeadsConfig
 from .mask_head import MaskRCNNHeads, MaskRCNNPredictor, maskrcnn_inference, maskrcnn_loss, project_masks_on_boxes
 from .mask_mlp import MaskRCNNMLPHead, MaskRCNNMLPPredictor
 from .mask_softmax import maskrcnn_inference_softmax, maskrcnn_loss_softmax
-from .matching import BalancedPositiveNegativeSampler, Matcher
+from .matching import BalancedPositiveNegativeSampler, Matcher, per_image
 from .module import Module
 from .poolers import MultiScaleRoIAlign
 from .tape import Tensor
@@ -80,6 +80,9 @@ class RoIHeads(Module):
     forward(features, proposals, image_shapes, targets=None, rng=None)
       training -> ([], {"loss_classifier", "loss_box_reg", "loss_mask"})
       eval     -> ([{"boxes", "labels", "scores", "masks" (D, 1, 28, 28)}], {})
+    rng: a NumPy Generator, or a list of one per image (RoI sampling, the mask-RoI subset).
+    After a training forward, `loss_counts` holds what each loss was divided by: the sampled RoIs
+    (classifier, box regression) and the mask pixels P * M * M (host ints; see distributed.py).
     Chapter: nbs/09_box_head.ipynb, nbs/10_mask_head.ipynb
     """
 
@@ -107,6 +110,7 @@ class RoIHeads(Module):
         self.proposal_matcher = Matcher(cfg.fg_iou_thresh, cfg.bg_iou_thresh, allow_low_quality_matches=False)
         self.fg_bg_sampler = BalancedPositiveNegativeSampler(cfg.batch_size_per_image, cfg.positive_fraction)
         self.box_coder = BoxCoder(cfg.bbox_reg_weights)
+        self.loss_counts = {}
 
     def forward(self, features, proposals, image_shapes, targets=None, rng=None):
         cfg = self.config
@@ -131,12 +135,12 @@ class RoIHeads(Module):
             # the mask branch sees only the positives, each with the gt it was matched to
             mask_props, mask_labels, mask_targets = [], [], []
             host = _labels_and_matches_on_host(labels, matched_idxs)   # all images in one copy
-            for props, lab, idx, masks, (hlab, hidx) in zip(proposals, labels, matched_idxs, gt_masks, host,
-                                                            strict=True):
+            for props, lab, idx, masks, (hlab, hidx), rng_i in zip(proposals, labels, matched_idxs, gt_masks, host,
+                                                                   per_image(rng, len(proposals)), strict=True):
                 xp = get_array_module(props)
                 pos_h = np.flatnonzero(hlab > 0)
                 if 0 < cfg.mask_batch_size_per_image < pos_h.size:   # a random subset, drawn on the host
-                    pos_h = np.sort(rng.choice(pos_h, size=cfg.mask_batch_size_per_image, replace=False))
+                    pos_h = np.sort(rng_i.choice(pos_h, size=cfg.mask_batch_size_per_image, replace=False))
                 pos = to_device(pos_h, xp)
                 mask_props.append(props[pos])
                 mask_labels.append(lab[pos])
@@ -145,6 +149,7 @@ class RoIHeads(Module):
                                                            matched_idxs_host=hidx[pos_h]))
             xp = get_array_module(proposals[0])
             num_pos = sum(p.shape[0] for p in mask_props)
+            mask_pixels = 0
             if num_pos == 0:   # nothing to learn a mask from: a zero that adds nothing
                 loss_mask = Tensor(xp.zeros((), dtype=box_features.dtype))
             else:
@@ -152,6 +157,9 @@ class RoIHeads(Module):
                 mask_logits = self.mask_predictor(self.mask_head(mask_features))     # (P, K, 28, 28)
                 mask_loss = maskrcnn_loss if cfg.mask_loss == "sigmoid" else maskrcnn_loss_softmax   # Table 2b
                 loss_mask = mask_loss(mask_logits, xp.concatenate(mask_labels), xp.concatenate(mask_targets))
+                mask_pixels = num_pos * mask_logits.shape[-2] * mask_logits.shape[-1]   # the mean's P * M * M
+            rois = sum(p.shape[0] for p in proposals)   # the box head's losses are / this
+            self.loss_counts = {"loss_classifier": rois, "loss_box_reg": rois, "loss_mask": mask_pixels}
             return [], {"loss_classifier": loss_classifier, "loss_box_reg": loss_box_reg, "loss_mask": loss_mask}
 
         boxes, scores, labels = postprocess_detections(

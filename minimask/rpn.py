@@ -153,10 +153,13 @@ class RegionProposalNetwork(Module):
       features:    OrderedDict (or list) of L Tensors (N, C, H_l, W_l), finest first
       image_sizes: [(h, w)] per image before padding: proposals are clipped to them
       targets:     per image {"boxes": (G, 4), optional "iscrowd": (G,)}; needed in training
-      rng:         NumPy Generator for the anchor sampling (default: the one given at construction)
+      rng:         NumPy Generator for the anchor sampling, or a list of one per image (default:
+                   the one given at construction)
       proposals:   list of (K_i, 4) plain arrays, best first: computed outside the tape, so no
                    gradient flows from the box head back through the proposal coordinates
       losses:      {"loss_objectness", "loss_rpn_box_reg"} scalar Tensors in training, else {}
+    After a training forward, `loss_counts` holds what each loss was divided by (the number of
+    sampled anchors, a host int): distributed.py sums it over processes to normalise globally.
     Chapter: nbs/05_rpn.ipynb
     """
 
@@ -171,6 +174,7 @@ class RegionProposalNetwork(Module):
         self.fg_bg_sampler = BalancedPositiveNegativeSampler(cfg.batch_size_per_image, cfg.positive_fraction)
         self.box_coder = BoxCoder((1.0, 1.0, 1.0, 1.0))
         self.rng = rng if rng is not None else np.random.default_rng()
+        self.loss_counts = {}
 
     def pre_nms_top_n(self):
         return self.config.pre_nms_top_n_train if self.training else self.config.pre_nms_top_n_test
@@ -238,6 +242,8 @@ class RegionProposalNetwork(Module):
         reg_targets = self.box_coder.encode_single(matched[pos_idx], flat_anchors[pos_idx])
         loss_objectness, loss_box = rpn_losses(objectness, pred_bbox_deltas, xp.concatenate(labels), pos_idx,
                                                neg_idx, reg_targets, beta=self.config.box_loss_beta)
+        sampled = int(pos_idx.shape[0] + neg_idx.shape[0])   # both losses are / this (a shape: no sync)
+        self.loss_counts = {"loss_objectness": sampled, "loss_rpn_box_reg": sampled}
         return {"loss_objectness": loss_objectness, "loss_rpn_box_reg": loss_box}
 
 

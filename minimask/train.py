@@ -17,6 +17,9 @@ where a run writes and what it never touches (runs/<preset> is never reused; an 
 --output-dir holding a run needs --resume or --overwrite). `--resume` continues from the newest
 readable checkpoint exactly, with the run's own configuration: an interrupted run resumed
 reproduces the uninterrupted run's losses. A non-finite loss or gradient stops the run (NonFiniteLoss).
+`mpiexec -n N python -m minimask.train ...` trains one model on N processes (distributed.py):
+--batch-size stays the global batch, each rank reads its share of it, the gradients are summed over
+the ranks, and rank 0 alone writes; checkpoints record N and --resume needs the same N.
 Chapter: nbs/12_training_on_shapes.ipynb
 """
 
@@ -34,7 +37,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from . import builders, paths
+from . import builders, distributed, paths
 from .backend import (
     describe_device_memory,
     device_module,
@@ -59,6 +62,7 @@ from .checkpoint import (
     last_good_checkpoint,
     latest_checkpoint,  # noqa: F401  (chapters 12-13 call train.latest_checkpoint)
     latest_valid_checkpoint,
+    read_checkpoint,
     remove_stale_temp_files,
     save_checkpoint,
     save_model,
@@ -171,30 +175,41 @@ def write_skipped(run, datasets):
           f"what and why: {run.path / 'skipped.json'}")
 
 
-def train(cfg: TrainConfig, progress=True, interrupt_at=None, given=None):
+def train(cfg: TrainConfig, progress=True, interrupt_at=None, given=None, comm=None):
     """Run (or resume) training as configured; returns {"metrics": ..., "run_dir": ...}.
 
     `interrupt_at=k` stops right after iteration k as a crash would — no final checkpoint, no
     evaluation — so tests can check that `--resume` reproduces the uninterrupted run.
     `given`: the fields set on the command line; --resume compares only those with the run's
     configuration (None: every field of `cfg`).
+    `comm`: the processes training together (default `distributed.world()`: the ranks mpiexec
+    started, or this process alone). Every rank runs this function on its share of each batch;
+    rank 0 alone writes the run directory, logs and draws the progress bar.
     """
-
-    run, cfg, found = open_run(cfg, given)
-    run_dir = run.path
-    if cfg.dataset == "shapes" and not cfg.data_dir and not paths.data_dir():
+    comm = comm if comm is not None else distributed.world()
+    lead = comm.rank == 0
+    run, cfg, found = open_run(cfg, given) if lead else (None, None, None)
+    cfg, ckpt = comm.bcast((cfg, found[0] if found else None))   # the run rank 0 chose, for every rank
+    distributed.check_batch_size(cfg.batch_size, comm.size)
+    if ckpt is not None:
+        found = found if lead else (ckpt, *read_checkpoint(ckpt))
+        distributed.check_resume(found[2], comm.size, ckpt)
+    run_dir = Path(cfg.output_dir)
+    if lead and cfg.dataset == "shapes" and not cfg.data_dir and not paths.data_dir():
         print("note: no COCO data found (../shared/data or $MINIMASK_DATA); training on generated shapes")
-    train_set = build_dataset(cfg, cfg.train_split)
-    val_set = build_dataset(cfg, cfg.val_split)
+    # rank 0 generates the shapes (when missing) before the others read them
+    train_set, val_set = distributed.lead_first(
+        comm, lambda: (build_dataset(cfg, cfg.train_split), build_dataset(cfg, cfg.val_split)))
     class_names = train_set.class_names
-    rng = np.random.default_rng([cfg.seed, 1])   # model init and in-model sampling
+    rng = np.random.default_rng([cfg.seed, 1])   # model init: the same weights on every rank
     xp = device_module(cfg.device)
+    distributed.select_device(comm, xp)
     track_device_memory(xp)
     model = build_model(cfg, train_set.num_classes, rng)
     model.train()
     for ds in (train_set, val_set):   # an image the resize would make 0 px thin: named now, not mid-run
         ds.check_sizes(model.config.transform.min_size, model.config.transform.max_size)
-    if cfg.skip_bad:
+    if cfg.skip_bad and lead:
         write_skipped(run, (train_set, val_set))
     optimizer, scheduler = build_optimizer(cfg, model)
     start = 0
@@ -208,46 +223,61 @@ def train(cfg: TrainConfig, progress=True, interrupt_at=None, given=None):
         start = int(meta["iteration"])
         if start > cfg.iterations:
             raise RunDirError(f"--iterations {cfg.iterations} is below the iteration of {ckpt} ({start})")
-        print(f"resumed from {ckpt} at iteration {start}")
-    run.write_text("config.json", json.dumps(config_to_json(cfg), indent=2))
+        if lead:
+            print(f"resumed from {ckpt} at iteration {start}")
+    if lead:
+        run.write_text("config.json", json.dumps(config_to_json(cfg), indent=2))
 
     loader = DataLoader(train_set, batch_size=cfg.batch_size, flip_prob=cfg.flip_prob, seed=cfg.seed,
-                        num_workers=cfg.num_workers)
+                        num_workers=cfg.num_workers, rank=comm.rank, world_size=comm.size)
     batches = loader.batches(start=start)
-    metrics_path = run.file("metrics.jsonl")
-    if start == 0 and metrics_path.exists():
-        metrics_path.unlink()
-    else:
-        _truncate_metrics(metrics_path, start)
+    metrics_path = run_dir / "metrics.jsonl"
+    if lead:
+        run.file("metrics.jsonl")
+        if start == 0 and metrics_path.exists():
+            metrics_path.unlink()
+        else:
+            _truncate_metrics(metrics_path, start)
     t0 = time.perf_counter()
     it = start
-    bar = tqdm(total=cfg.iterations, initial=start, desc="train", disable=not progress, unit="it",
+    bar = tqdm(total=cfg.iterations, initial=start, desc="train", disable=not (progress and lead), unit="it",
                dynamic_ncols=True)
     try:
         while it < cfg.iterations:
-            if cfg.time_limit_minutes and time.perf_counter() - t0 > 60 * cfg.time_limit_minutes:
-                print(f"\ntime limit of {cfg.time_limit_minutes} min reached at iteration {it}")
+            # rank 0's clock decides, so that every rank stops at the same iteration
+            if cfg.time_limit_minutes and comm.bcast(time.perf_counter() - t0 > 60 * cfg.time_limit_minutes):
+                if lead:
+                    print(f"\ntime limit of {cfg.time_limit_minutes} min reached at iteration {it}")
                 break
             t_data = time.perf_counter()
             # one explicit upload per batch: every image and every target array (a no-op on the CPU)
-            images, targets = to_device(next(batches), xp)
+            images, targets = to_device(next(batches), xp)   # this rank's share of the global batch
             t_step = time.perf_counter()
+            # every random choice of image i from its own stream: the same samples however the batch is split
+            rngs = [np.random.default_rng([cfg.seed, 2, it, int(t["image_id"])]) for t in targets]
             try:
-                losses = model(images, targets, rng=rng)
+                losses = model(images, targets, rng=rngs) if images else {}
             except NonFiniteError as e:   # a loss met NaN/inf logits: the weights have diverged
                 raise NonFiniteLoss(_diverged(f"non-finite loss at iteration {it + 1} ({e})", run_dir)) from None
+            # each mean over this rank's samples -> its share of the mean over all ranks' (one process: as is)
+            losses = distributed.global_losses(losses, model.loss_counts if images else {}, comm)
             # the loss values come back to the host together: one device->host copy per iteration
-            host = to_host(xp.stack([v.data.reshape(()) for v in losses.values()]))
-            values = {k: float(x) for k, x in zip(losses, host, strict=True)}
+            host = np.zeros(len(distributed.LOSS_NAMES))   # a rank without an image this step adds zeros
+            if losses:
+                host = to_host(xp.stack([v.data.reshape(()) for v in losses.values()]))
+            host = comm.allreduce_sum(host.astype(np.float64))   # the ranks' shares add up to the global losses
+            values = {k: float(x) for k, x in zip(losses or distributed.LOSS_NAMES, host, strict=True)}
             total = sum(values.values())
             if not math.isfinite(total):
                 raise NonFiniteLoss(_diverged(f"non-finite loss at iteration {it + 1}: {values}", run_dir))
-            loss = None
-            for v in losses.values():
-                loss = v if loss is None else loss + v
             optimizer.zero_grad()
-            assert isinstance(loss, Tensor)
-            loss.backward()
+            if losses:
+                loss = None
+                for v in losses.values():
+                    loss = v if loss is None else loss + v
+                assert isinstance(loss, Tensor)
+                loss.backward()
+            distributed.allreduce_gradients(model.parameters(), comm)   # summed: the global batch's gradient
             grad_norm = float(to_host(clip_grad_norm_(model.parameters(), cfg.clip_grad_norm or math.inf)))
             if not math.isfinite(grad_norm):   # checked before the step: the weights stay those of iteration it
                 raise NonFiniteLoss(_diverged(f"non-finite gradient norm ({grad_norm}) at iteration {it + 1}", run_dir))
@@ -256,41 +286,42 @@ def train(cfg: TrainConfig, progress=True, interrupt_at=None, given=None):
             scheduler.step()
             it += 1
             now = time.perf_counter()
-            if it % cfg.log_every == 0 or it == cfg.iterations:
+            if lead and (it % cfg.log_every == 0 or it == cfg.iterations):
                 record = {"iteration": it, "lr": lr, "loss": total, **values, "grad_norm": grad_norm,
                           "time": now - t0, "step_time": now - t_step, "data_time": t_step - t_data}
                 with open(metrics_path, "a") as f:
                     f.write(json.dumps(record) + "\n")
             bar.update(1)
             bar.set_postfix(loss=f"{total:.3f}", mask=f"{values.get('loss_mask', 0):.3f}", lr=f"{lr:.4f}")
-            if it % cfg.checkpoint_every == 0 or it == cfg.iterations:
+            if lead and (it % cfg.checkpoint_every == 0 or it == cfg.iterations):
                 save_checkpoint(run.file(checkpoint_name(it)), model, optimizer, scheduler, it, rng,
-                                config_to_json(cfg), class_names)
+                                config_to_json(cfg), class_names, world_size=comm.size)
             if interrupt_at is not None and it >= interrupt_at:
                 raise Interrupted(f"simulated interruption after iteration {it}")
     finally:
         bar.close()
-    if it % cfg.checkpoint_every != 0 and it != cfg.iterations:  # stopped by the time limit
+    if lead and it % cfg.checkpoint_every != 0 and it != cfg.iterations:  # stopped by the time limit
         save_checkpoint(run.file(checkpoint_name(it)), model, optimizer, scheduler, it, rng, config_to_json(cfg),
-                        class_names)
+                        class_names, world_size=comm.size)
     train_time = time.perf_counter() - t0
-    if xp is not np:
-        print(describe_device_memory(xp))
-    save_model(run.file("model_final.npz"), model, it, config_to_json(cfg), class_names)
-
-    for name in ("eval/results.json", "eval/metrics.json"):   # recorded before evaluate_model writes them
-        run.file(name)
+    if lead:
+        if xp is not np:
+            print(describe_device_memory(xp))
+        save_model(run.file("model_final.npz"), model, it, config_to_json(cfg), class_names)
+        for name in ("eval/results.json", "eval/metrics.json"):   # recorded before evaluate_model writes them
+            run.file(name)
     metrics = evaluate_model(model, val_set, batch_size=cfg.batch_size, out_dir=run_dir / "eval",
-                             progress=progress, limit=cfg.eval_limit or None)
-    plot_losses(metrics_path, run.file("losses.png"))
-    plot_predictions(model, val_set, run.file("predictions.png"), class_names=class_names)
-    if cfg.skip_bad:   # annotations found bad while training are in it too
-        write_skipped(run, (train_set, val_set))
-    summary = {"iterations": it, "train_minutes": train_time / 60,
-               "bbox_AP": metrics["bbox"]["AP"], "segm_AP": metrics["segm"]["AP"]}
-    run.write_text("summary.json", json.dumps(summary, indent=2))
-    print(f"\ntrained {it} iterations in {train_time / 60:.1f} min | bbox AP {summary['bbox_AP']:.3f} | "
-          f"segm AP {summary['segm_AP']:.3f}\nrun directory: {run_dir} (losses.png, predictions.png, eval/)")
+                             progress=progress, verbose=lead, limit=cfg.eval_limit or None, comm=comm)
+    if lead:
+        plot_losses(metrics_path, run.file("losses.png"))
+        plot_predictions(model, val_set, run.file("predictions.png"), class_names=class_names)
+        if cfg.skip_bad:   # annotations found bad while training are in it too
+            write_skipped(run, (train_set, val_set))
+        summary = {"iterations": it, "train_minutes": train_time / 60,
+                   "bbox_AP": metrics["bbox"]["AP"], "segm_AP": metrics["segm"]["AP"]}
+        run.write_text("summary.json", json.dumps(summary, indent=2))
+        print(f"\ntrained {it} iterations in {train_time / 60:.1f} min | bbox AP {summary['bbox_AP']:.3f} | "
+              f"segm AP {summary['segm_AP']:.3f}\nrun directory: {run_dir} (losses.png, predictions.png, eval/)")
     return {"metrics": metrics, "run_dir": run_dir, "iterations": it}
 
 
@@ -317,8 +348,10 @@ def main(argv=None):
         return 2
     keep_freed_host_memory()  # a process that trains reuses its temporaries' memory (see fast/host.py)
     os.environ.setdefault("PYTHONHASHSEED", str(cfg.seed))
+    comm = distributed.world()   # under mpiexec: this process's rank; else this process alone
     try:
-        train(cfg, given=given)
+        with distributed.one_fails_all_fail(comm):
+            train(cfg, given=given, comm=comm)
     except (NonFiniteLoss, FileNotFoundError) as e:   # both messages name the file and what to do
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -22,6 +22,7 @@ from .backend import get_array_module, is_cupy_array, to_host
 from .config import TransformConfig
 from .layers import interpolate_forward
 from .mask_head import paste_masks_in_image
+from .matching import per_image
 from .pooling import resize_bilinear  # noqa: F401  (re-exported: tests and chapters import it from here)
 
 # ------------------------------------------------------------------------------------------------
@@ -158,7 +159,7 @@ class GeneralizedRCNNTransform:
 
     `batch, image_sizes, targets = transform(images, targets=None, rng=None, training=False)`
     image_sizes: the (h, w) of each resized image inside the padded batch. In training with a tuple
-    `min_size`, each image draws its short side from it with `rng`.
+    `min_size`, each image draws its short side from it with `rng` (a Generator, or one per image).
     Chapter: nbs/11_mask_rcnn.ipynb
     """
 
@@ -208,12 +209,13 @@ class GeneralizedRCNNTransform:
     def __call__(self, images, targets=None, rng=None, training=False):
         check_images(images)
         out_images, out_targets, sizes = [], ([] if targets is not None else None), []
+        rngs = per_image(rng, len(images))   # one Generator for all images, or one per image
         for i, image in enumerate(images):
             min_size = None
             if training and len(self.min_sizes) > 1:
-                if rng is None:
+                if rngs[i] is None:
                     raise ValueError("multi-scale training (a tuple min_size) needs an rng")
-                min_size = self.min_sizes[int(rng.integers(len(self.min_sizes)))]
+                min_size = self.min_sizes[int(rngs[i].integers(len(self.min_sizes)))]
             image = self.normalize(image)
             image, target = self.resize(image, None if targets is None else targets[i], min_size)
             out_images.append(image)

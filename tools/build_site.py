@@ -42,7 +42,7 @@ API_SECTIONS = [
     ("The whole model (chapter 11)", ["transform", "model", "config"]),
     ("Training, data, evaluation (chapters 12-13)", ["shapes", "data", "coco_check", "paths", "builders", "train",
                                                      "checkpoint", "rundir", "errors", "coco_eval", "evaluate",
-                                                     "predict", "viz"]),
+                                                     "predict", "viz", "distributed"]),
     ("Exercises (every chapter)", ["exercises"]),
     ("The speed engines (minimask/fast/, appendix chapter 14)",
      ["fast", "fast.conv", "fast.conv_paths", "fast.winograd", "fast.roi_align", "fast.roi_pool", "fast.nms",
