@@ -30,7 +30,7 @@ def solution(ex_id):
 
 
 def test_two_to_four_exercises_in_every_chapter():
-    assert CHAPTERS[:16] == list(range(16)), CHAPTERS              # chapters 00-15, none missing
+    assert CHAPTERS[:17] == list(range(17)), CHAPTERS              # chapters 00-16, none missing
     counts = {c: len(exercises.for_chapter(c)) for c in CHAPTERS}
     assert all(2 <= n <= 4 for n in counts.values()), counts
     assert {e.chapter for e in exercises.REGISTRY.values()} == set(CHAPTERS), "an exercise without its chapter"
@@ -367,6 +367,25 @@ def w15_4(feature, box, p, q, pooled, grid, aggregation):
     return bilinear_interpolate(feature, ys[:, None], xs[None, :]).reshape(len(feature), -1).mean(1)   # always avg
 
 
+def w16_1(items, rank, size):
+    return list(items[rank::size])                                 # strided, not contiguous
+
+
+def w16_2(means, counts):
+    return float(np.mean(means))                                   # each rank weighted equally
+
+
+def w16_3(nbytes, dtypes, cap):
+    lengths, size = [], 0
+    for n in nbytes:                                               # dtypes never looked at
+        if not lengths or size + n > cap:
+            lengths.append(0)
+            size = 0
+        lengths[-1] += 1
+        size += n
+    return lengths
+
+
 WRONG_ANSWERS = {
     "00.1": (w00_1, "sign error"), "00.2": (w00_2, "repeated index"), "00.3": (w00_3, "not summed"),
     "01.1": (w01_1, "off-by-one"), "01.2": (w01_2, "flipped kernel"), "01.3": (w01_3, "first image"),
@@ -386,6 +405,7 @@ WRONG_ANSWERS = {
     "14.1": (w14_1, "transposed"), "14.2": (w14_2, "wrap-around columns kept"),
     "15.1": (w15_1, "half to even"), "15.2": (w15_2, "no background"), "15.3": (w15_3, "standard deviation"),
     "15.4": (w15_4, "always the mean"),
+    "16.1": (w16_1, "strided"), "16.2": (w16_2, "mean of the ranks' means"), "16.3": (w16_3, "dtype ignored"),
 }
 
 
@@ -496,6 +516,27 @@ def test_verdict_reference_is_the_benchmarks_criterion():
         assert _verdict_ref(better, worse) == want, (better, worse)
         seen.add(want)
     assert seen == {"REPRODUCED", "REVERSED", "INCONCLUSIVE"}
+
+
+
+def test_bucket_reference_is_distributed_buckets():
+    """Exercise 16.3's reference cuts parameters as minimask.distributed.buckets does, on its probes and on random
+    parameter lists (sizes, float32 / float64, caps that some sizes hit exactly)."""
+    from minimask import distributed
+    from minimask.exercises.parallel import BUCKET_PROBES, _bucket_lengths_ref
+    from minimask.module import Parameter
+
+    rng = np.random.default_rng(16)
+    cases = [(list(n), list(d), c) for n, d, c in BUCKET_PROBES]
+    for _ in range(200):
+        dtypes = list(rng.choice(["f4", "f8"], size=int(rng.integers(1, 9)), p=[0.8, 0.2]))
+        counts = rng.integers(1, 12, len(dtypes))
+        nbytes = [int(k) * np.dtype(d).itemsize for k, d in zip(counts, dtypes, strict=True)]
+        cases.append((nbytes, dtypes, int(rng.integers(8, 80))))
+    for nbytes, dtypes, cap in cases:
+        params = [Parameter(np.zeros(n // np.dtype(d).itemsize, dtype=d)) for n, d in zip(nbytes, dtypes, strict=True)]
+        want = [len(b) for b in distributed.buckets(params, cap_bytes=cap)]
+        assert _bucket_lengths_ref(nbytes, dtypes, cap) == want, (nbytes, dtypes, cap)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -476,6 +476,38 @@ the bin's bilinear samples for `aggregation="avg"`, their maximum for `"max"`. Y
 
 
 exercises.check("15.4", roi_align_bin)'''),
+    "16.1": ("""### Exercise 16.1 — a rank's share of the global batch
+
+`mpiexec -n size` ranks split each global batch: rank `rank` reads a **contiguous** share of the list `items`.
+Shares differ by at most one item, the later ranks take the extra ones, and the shares in rank order are `items`
+again (what `DataLoader` does with `rank=` and `world_size=`). Return rank `rank`'s share as a list.""",
+             '''def rank_share(items, rank, size):
+    raise NotImplementedError      # a list
+
+
+exercises.check("16.1", rank_share)'''),
+    "16.2": ("""### Exercise 16.2 — the global loss from the ranks' means
+
+Each rank computed a loss as a mean over its own `counts[r]` terms (sampled anchors, RoIs, mask pixels):
+`means[r]` (a rank with no image this step has mean 0 and count 0). Return the mean over all the terms of the
+global batch — what one process computes on the union batch — as a float. Why is averaging the ranks' means
+not it?""",
+             '''def global_mean(means, counts):
+    raise NotImplementedError      # a float
+
+
+exercises.check("16.2", global_mean)'''),
+    "16.3": ("""### Exercise 16.3 — the gradient buckets
+
+Parameters in order, their gradients' sizes `nbytes` and dtypes (e.g. `"f4"`, `"f8"`), and a cap in bytes:
+cut them into buckets as `distributed.buckets` does — a new bucket starts when the next gradient would take the
+bucket past the cap or has another dtype (a bucket is one flat array); a gradient larger than the cap is a
+bucket alone. Return how many parameters each bucket holds.""",
+             '''def bucket_lengths(nbytes, dtypes, cap):
+    raise NotImplementedError      # a list of ints
+
+
+exercises.check("16.3", bucket_lengths)'''),
 }
 
 

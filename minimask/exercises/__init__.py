@@ -14,10 +14,10 @@ package's own function. A wrong answer that matches a known mistake (a sign erro
 half-pixel offset, an off-by-one bin, a transposed index, ...) is named. Reference solutions live in
 `nbs/solutions/chNN.py`, outside the chapters.
 Files: basics (chapters 00-02), backbone_rpn (03-05), roi (06-08), heads (09-11), training (12-13),
-engines (14, the appendix), ablations (15, the paper's Table 2).
+engines (14, the appendix), ablations (15, the paper's Table 2), parallel (16, data parallelism).
 """
 
-from . import ablations, backbone_rpn, basics, engines, heads, roi, training  # noqa: F401  (each registers its own)
+from . import ablations, backbone_rpn, basics, engines, heads, parallel, roi, training  # noqa: F401  (each registers its own)
 from ._core import CORRECT, NOT_ATTEMPTED, REGISTRY, WRONG, Exercise, Result
 
 
