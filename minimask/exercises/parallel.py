@@ -6,9 +6,11 @@ Chapter: nbs/16_data_parallel.ipynb
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 
-from ..distributed import shard
+from ..distributed import buckets, shard
 from ._core import check_forward, exercise
 
 # ------------------------------------------------------------------------------------------------
@@ -92,17 +94,10 @@ def check_global_mean(fn):
 
 
 def _bucket_lengths_ref(nbytes, dtypes, cap):
-    """distributed.buckets' rule on sizes alone: parameters in order; a new bucket starts when the next one's
-    gradient would take the bucket past `cap` bytes or has another dtype; one larger than `cap` is alone."""
-    lengths, size, last = [], 0, None
-    for n, d in zip(nbytes, dtypes, strict=True):
-        if not lengths or size + n > cap or d != last:
-            lengths.append(0)
-            size = 0
-        lengths[-1] += 1
-        size += n
-        last = d
-    return lengths
+    """How many parameters each bucket of distributed.buckets holds, for gradients of these sizes and dtypes."""
+    params = [SimpleNamespace(data=np.empty(n // np.dtype(d).itemsize, dtype=d)) for n, d in zip(nbytes, dtypes,
+                                                                                                   strict=True)]
+    return [len(b) for b in buckets(params, cap_bytes=cap)]
 
 
 BUCKET_PROBES = [([48, 20, 32, 64, 24, 120], ["f4", "f4", "f4", "f4", "f8", "f8"], 64),
@@ -116,7 +111,7 @@ BUCKET_PROBES = [([48, 20, 32, 64, 24, 120], ["f4", "f4", "f4", "f4", "f8", "f8"
 def check_bucket_lengths(fn):
     mistakes = [
         ("the dtype ignored: a bucket is one flat array, so float32 and float64 gradients cannot share one",
-         lambda nbytes, dtypes, cap: _bucket_lengths_ref(nbytes, ["same"] * len(nbytes), cap)),
+         lambda nbytes, dtypes, cap: _bucket_lengths_ref(nbytes, ["f4"] * len(nbytes), cap)),   # one dtype
         ("a bucket closed when it reaches the cap (>=): one that fills the cap exactly is still within it",
          lambda nbytes, dtypes, cap: _bucket_lengths_ref(nbytes, dtypes, cap - 1)),
         ("one bucket per parameter: that is one all-reduce call per parameter, what buckets exist to avoid",
